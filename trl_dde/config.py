@@ -1,0 +1,124 @@
+"""``DDEConfig``: training arguments of ``DDEDiffusionTrainer`` (the TRL ``XConfig`` pattern)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+__all__ = ["DDEConfig"]
+
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "sft")
+
+
+@dataclass
+class DDEConfig(TrainingArguments):
+    r"""
+    Configuration of [`DDEDiffusionTrainer`]: every [`~transformers.TrainingArguments`] field plus the ones below.
+
+    Defaults that differ from `TrainingArguments`: `learning_rate=1e-5`, `logging_steps=10`,
+    `remove_unused_columns=False` (the image columns are not arguments of the UNet's forward) and
+    `label_names=[]`. `gradient_checkpointing=True` switches on diffusers' UNet checkpointing.
+
+    Parameters:
+        > Preference optimisation
+
+        credit (`str`, defaults to `"dde"`): credit-assignment strategy, a name from `trl_dde.available_credits()`.
+        credit_kwargs (`dict` or JSON `str`, *optional*): options of the strategy, e.g. `{"gamma": 0.9}`.
+        beta (`float`, defaults to `5000`): inverse temperature of the preference loss (Diffusion-DPO units).
+        loss_type (`str`, defaults to `"sigmoid"`): `sigmoid`, `hinge`, `ipo` or `sft` (denoising loss on winners).
+        timestep_range (`list[int]`, *optional*): train only on timesteps in `[lo, hi)`.
+
+        > Data
+
+        resolution (`int`, *optional*): training image size; defaults to the UNet's native size.
+        random_crop / random_flip (`bool`): paired augmentation, identical for winner and loser.
+        drop_ties (`bool`, defaults to `True`): drop Pick-a-Pic pairs with `label_0 == 0.5`.
+        caption_column, image_0_column, image_1_column, label_0_column: Pick-a-Pic v2 column names.
+        prompt_column, chosen_column, rejected_column: paired-schema column names.
+
+        > Model
+
+        model_revision / model_variant: passed to `from_pretrained` when `model` is a hub id or folder.
+    """
+
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "credit_kwargs"]
+
+    # Overridden TrainingArguments defaults
+    learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate (LoRA-scale default)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: image columns are consumed by the collator, not the UNet."}
+    )
+    label_names: list[str] | None = field(default_factory=list, metadata={"help": "Unused; kept empty."})
+
+    # Preference optimisation
+    credit: str = field(
+        default="dde",
+        metadata={"help": "Credit-assignment strategy: uniform, discounted, dde-single, dde-step, dde, or a registered one."},
+    )
+    credit_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Options of the credit strategy as a dict or JSON string, e.g. "
+            "'{\"gamma\": 0.9, \"num_steps\": 50}' (discounted) or '{\"correction_reduction\": \"mean\"}' (dde)."
+        },
+    )
+    beta: float = field(
+        default=5000.0,
+        metadata={"help": "Inverse temperature of the preference loss, in Diffusion-DPO units (5000 for SD1.5/SDXL)."},
+    )
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": "Preference loss: sigmoid (DPO), hinge, ipo, or sft (plain denoising loss on winners).",
+                  "choices": list(LOSS_TYPES)},
+    )
+    timestep_range: list[int] | None = field(
+        default=None,
+        metadata={"help": "Train only on timesteps in [lo, hi), e.g. 200 700 (paper Fig. 3). Any strategy.", "nargs": 2},
+    )
+
+    # Data
+    resolution: int | None = field(
+        default=None, metadata={"help": "Training resolution in pixels; default: the UNet's native size (512 for SD1.5)."}
+    )
+    random_crop: bool = field(default=False, metadata={"help": "Random instead of center crop (same for both images)."})
+    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flip (same for both images)."})
+    drop_ties: bool = field(
+        default=True,
+        metadata={"help": "Drop tied Pick-a-Pic pairs (label_0 == 0.5). If False they train with a soft label of 0.5."},
+    )
+    caption_column: str = field(default="caption", metadata={"help": "Pick-a-Pic schema: prompt column."})
+    image_0_column: str = field(default="jpg_0", metadata={"help": "Pick-a-Pic schema: first image column."})
+    image_1_column: str = field(default="jpg_1", metadata={"help": "Pick-a-Pic schema: second image column."})
+    label_0_column: str = field(
+        default="label_0", metadata={"help": "Pick-a-Pic schema: 1 if the first image is preferred, 0 if the second, 0.5 tie."}
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Paired schema: prompt column."})
+    chosen_column: str = field(default="chosen", metadata={"help": "Paired schema: preferred image column."})
+    rejected_column: str = field(default="rejected", metadata={"help": "Paired schema: rejected image column."})
+
+    # Model
+    model_revision: str | None = field(default=None, metadata={"help": "Revision of the model to load."})
+    model_variant: str | None = field(default=None, metadata={"help": "Weights variant to load, e.g. fp16."})
+
+    def __post_init__(self):
+        # For a UNet "gradient checkpointing" is the native term; map it onto transformers' new name quietly.
+        if self.gradient_checkpointing is not None and self.activation_checkpointing is None:
+            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
+        super().__post_init__()
+        if isinstance(self.credit_kwargs, str):
+            self.credit_kwargs = json.loads(self.credit_kwargs)
+        self.credit_kwargs = dict(self.credit_kwargs or {})
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {list(LOSS_TYPES)}, got {self.loss_type!r}.")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}.")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns=True would drop the image columns; DDEConfig needs it False.")
+        if self.timestep_range is not None:
+            if len(self.timestep_range) != 2:
+                raise ValueError(f"timestep_range must be [lo, hi), got {self.timestep_range}.")
+            self.timestep_range = [int(v) for v in self.timestep_range]

@@ -1,0 +1,204 @@
+"""Preference datasets: schema detection, tie handling, image decoding, paired transforms and the collator.
+
+Two row schemas are accepted:
+
+* **Pick-a-Pic v2**: ``caption``, ``jpg_0``, ``jpg_1``, ``label_0`` (1: ``jpg_0`` preferred, 0: ``jpg_1``
+  preferred, 0.5: tie);
+* **paired** (TRL style): ``prompt``, ``chosen``, ``rejected``.
+
+Images may be encoded bytes, ``{"bytes", "path"}`` dicts (``datasets.Image`` storage), paths, PIL images
+or ``HWC`` uint8 arrays. Image columns are kept undecoded until the collator so that a corrupt image
+is skipped and counted instead of crashing the dataloader. No torchvision: PIL, numpy and torch only.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset, Image
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+__all__ = [
+    "PreferenceCollator",
+    "PreferenceSchema",
+    "detect_schema",
+    "load_image",
+    "paired_transform",
+    "prepare_preference_dataset",
+]
+
+TIE = 0.5
+
+
+@dataclass(frozen=True)
+class PreferenceSchema:
+    """Which columns hold the prompt, the two images and (Pick-a-Pic only) the label."""
+
+    kind: str  # "pickapic" or "paired"
+    prompt: str
+    image_a: str  # jpg_0 / chosen
+    image_b: str  # jpg_1 / rejected
+    label: str | None = None  # label_0 for Pick-a-Pic
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(c for c in (self.prompt, self.image_a, self.image_b, self.label) if c is not None)
+
+    @property
+    def image_columns(self) -> tuple[str, str]:
+        return self.image_a, self.image_b
+
+
+def schemas_from_args(args) -> tuple[PreferenceSchema, PreferenceSchema]:
+    """The two accepted schemas with the column names configured in ``DDEConfig``."""
+    return (
+        PreferenceSchema("pickapic", args.caption_column, args.image_0_column, args.image_1_column, args.label_0_column),
+        PreferenceSchema("paired", args.prompt_column, args.chosen_column, args.rejected_column),
+    )
+
+
+def detect_schema(column_names, schemas: tuple[PreferenceSchema, ...]) -> PreferenceSchema:
+    """The first schema whose columns are all present; otherwise a ``ValueError`` naming what is missing."""
+    present = set(column_names)
+    for schema in schemas:
+        if set(schema.columns) <= present:
+            return schema
+    lines = [f"The preference dataset has columns {sorted(present)}, which match no accepted schema:"]
+    for schema in schemas:
+        missing = [c for c in schema.columns if c not in present]
+        lines.append(f"  - {schema.kind}: needs {list(schema.columns)}; missing {missing}")
+    lines.append("Rename columns with dataset.rename_column(...) or set the *_column options of DDEConfig.")
+    raise ValueError("\n".join(lines))
+
+
+def prepare_preference_dataset(dataset: Dataset, args) -> tuple[Dataset, PreferenceSchema, int]:
+    """Check the schema, drop ties (when ``args.drop_ties``) and keep image columns undecoded.
+
+    Returns the dataset, its schema and the number of ties dropped. Refuses a dataset that is left empty.
+    """
+    schema = detect_schema(dataset.column_names, schemas_from_args(args))
+    dataset = dataset.select_columns(list(schema.columns))
+    for column in schema.image_columns:
+        if isinstance(dataset.features[column], Image):
+            dataset = dataset.cast_column(column, Image(decode=False))
+    ties_dropped = 0
+    if schema.kind == "pickapic" and args.drop_ties:
+        before = len(dataset)
+        dataset = dataset.filter(
+            lambda labels: [label != TIE for label in labels], input_columns=[schema.label], batched=True,
+            desc="Dropping ties",
+        )
+        ties_dropped = before - len(dataset)
+        if len(dataset) == 0:
+            raise ValueError(
+                f"All {before} pairs are ties ({schema.label} == 0.5): nothing to learn a preference from. "
+                "Use a dataset with decided pairs, or set drop_ties=False to train on ties with soft labels."
+            )
+    if len(dataset) == 0:
+        raise ValueError("The preference dataset is empty.")
+    return dataset, schema, ties_dropped
+
+
+def load_image(value) -> PILImage.Image:
+    """Decode one image cell to an RGB PIL image. Raises ``ValueError`` for anything undecodable."""
+    try:
+        if isinstance(value, PILImage.Image):
+            image = value
+        elif isinstance(value, dict):
+            image = PILImage.open(io.BytesIO(value["bytes"])) if value.get("bytes") else PILImage.open(value["path"])
+        elif isinstance(value, (bytes, bytearray)):
+            image = PILImage.open(io.BytesIO(value))
+        elif isinstance(value, str):
+            image = PILImage.open(value)
+        elif isinstance(value, np.ndarray):
+            image = PILImage.fromarray(value)
+        else:
+            raise TypeError(f"unsupported image value of type {type(value).__name__}")
+        image.load()
+        return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, TypeError, KeyError, ValueError, SyntaxError) as error:
+        raise ValueError(f"Undecodable image: {error}") from error
+
+
+def paired_transform(
+    images: tuple[PILImage.Image, PILImage.Image], resolution: int, random_crop: bool, random_flip: bool
+) -> torch.Tensor:
+    """Resize (shorter side → ``resolution``), crop and flip the two images of a pair *identically*.
+
+    Returns ``[2, 3, resolution, resolution]`` in ``[-1, 1]``. Crop offsets are drawn once as fractions of
+    the free margin and the flip once, from torch's global RNG (so checkpoints restore them).
+    """
+    crop_fraction = torch.rand(2).tolist() if random_crop else [0.5, 0.5]
+    flip = random_flip and bool(torch.rand(()) < 0.5)
+    tensors = []
+    for image in images:
+        scale = resolution / min(image.size)
+        width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+        image = image.resize((width, height), PILImage.Resampling.BILINEAR)
+        left = round(crop_fraction[1] * (width - resolution))
+        top = round(crop_fraction[0] * (height - resolution))
+        image = image.crop((left, top, left + resolution, top + resolution))
+        if flip:
+            image = image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        tensors.append(torch.from_numpy(array).permute(2, 0, 1))
+    return torch.stack(tensors)
+
+
+@dataclass
+class PreferenceCollator:
+    """Turns rows into a batch: ``pixel_values_w``/``pixel_values_l`` ``[B, 3, R, R]``, ``input_ids``
+    ``[B, 77]``, ``preference`` ``[B]`` (1.0 decided, 0.5 tie) and ``num_corrupt`` (rows skipped because an
+    image could not be decoded; the trainer counts them)."""
+
+    tokenizer: object
+    schema: PreferenceSchema
+    resolution: int
+    random_crop: bool = False
+    random_flip: bool = False
+
+    def _orient(self, row) -> tuple[object, object, float]:
+        """(winner image, loser image, preference) of a row."""
+        if self.schema.kind == "paired":
+            return row[self.schema.image_a], row[self.schema.image_b], 1.0
+        label = float(row[self.schema.label])
+        if label == TIE:
+            return row[self.schema.image_a], row[self.schema.image_b], TIE
+        if label == 1.0:
+            return row[self.schema.image_a], row[self.schema.image_b], 1.0
+        if label == 0.0:
+            return row[self.schema.image_b], row[self.schema.image_a], 1.0
+        raise ValueError(f"{self.schema.label} must be 1, 0 or 0.5, got {label}.")
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        pixels, prompts, preferences = [], [], []
+        for row in rows:
+            winner, loser, preference = self._orient(row)
+            try:
+                pair = (load_image(winner), load_image(loser))
+            except ValueError:
+                continue
+            pixels.append(paired_transform(pair, self.resolution, self.random_crop, self.random_flip))
+            prompts.append(row[self.schema.prompt] or "")
+            preferences.append(preference)
+        num_corrupt = torch.tensor(len(rows) - len(pixels))
+        if not pixels:
+            empty = torch.zeros(0, 3, self.resolution, self.resolution)
+            return {"pixel_values_w": empty, "pixel_values_l": empty.clone(),
+                    "input_ids": torch.zeros(0, self.tokenizer.model_max_length, dtype=torch.long),
+                    "preference": torch.zeros(0), "num_corrupt": num_corrupt}
+        stacked = torch.stack(pixels)
+        input_ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        return {
+            "pixel_values_w": stacked[:, 0],
+            "pixel_values_l": stacked[:, 1],
+            "input_ids": input_ids,
+            "preference": torch.tensor(preferences),
+            "num_corrupt": num_corrupt,
+        }

@@ -1,0 +1,154 @@
+"""Tiny Stable Diffusion 1.5-architecture pipelines and preference datasets, built in code.
+
+They power ``trl-dde demo`` and the test suite: no download, seconds on a CPU. The component shapes
+follow diffusers' ``get_dummy_components`` (UNet ``block_out_channels=(32, 64)``, cross-attention
+width = text hidden size), with a byte-level CLIP tokenizer written to disk. Weights are random, so
+the "images" a tiny pipeline makes are noise; what is real is every code path they exercise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, Features, Image, Value
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image as PILImage
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+__all__ = ["tiny_preference_dataset", "tiny_sd15_pipeline", "tiny_tokenizer"]
+
+TEXT_HIDDEN_SIZE = 32
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+SHAPES = ("square", "disc", "stripe")
+
+
+def tiny_tokenizer(folder: str | Path | None = None) -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer (no merges: one token per byte), saved as vocab.json + merges.txt in ``folder``."""
+    folder = Path(folder or tempfile.mkdtemp(prefix="trl-dde-tokenizer-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocabulary = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocabulary)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    # transformers 5 ignores vocab_file=/merges_file= keywords: the paths must be positional.
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def tiny_sd15_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffusionPipeline:
+    """A randomly initialised SD1.5-architecture pipeline (≈1M UNet parameters, 32 px images, 16 px latents)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN_SIZE,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=32,
+    )
+    tokenizer = tiny_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=TEXT_HIDDEN_SIZE,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    return StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _draw(color: tuple[int, int, int], shape: str, size: int, rng: np.random.Generator, noise: float) -> bytes:
+    """JPEG bytes of a coloured shape on a grey background with some pixel noise."""
+    canvas = np.full((size, size, 3), 128.0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    cy, cx = rng.uniform(0.35, 0.65, size=2)
+    if shape == "square":
+        mask = (abs(yy - cy) < 0.25) & (abs(xx - cx) < 0.25)
+    elif shape == "disc":
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 0.09
+    else:
+        mask = abs(xx - cx) < 0.12
+    canvas[mask] = color
+    canvas += rng.normal(0.0, noise, canvas.shape)
+    buffer = io.BytesIO()
+    PILImage.fromarray(canvas.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def tiny_preference_dataset(
+    num_pairs: int = 32, image_size: int = 32, seed: int = 0, schema: str = "pickapic", tie_every: int = 0
+) -> Dataset:
+    """A synthetic preference dataset: the preferred image shows the prompt's colour and shape cleanly,
+    the other shows a wrong colour with heavy noise.
+
+    ``schema="pickapic"`` gives Pick-a-Pic v2 columns (``caption``, ``jpg_0``, ``jpg_1`` as JPEG bytes,
+    ``label_0``; the winner's side alternates); ``schema="paired"`` gives ``prompt``/``chosen``/``rejected``
+    with ``datasets.Image`` features. ``tie_every=k`` makes every k-th Pick-a-Pic pair a tie (label 0.5).
+    """
+    rng = np.random.default_rng(seed)
+    names = list(COLORS)
+    rows = {"prompt": [], "good": [], "bad": []}
+    for i in range(num_pairs):
+        color, shape = names[i % len(names)], SHAPES[(i // len(names)) % len(SHAPES)]
+        wrong = names[(i + 1 + rng.integers(len(names) - 1)) % len(names)]
+        rows["prompt"].append(f"a {color} {shape}")
+        rows["good"].append(_draw(COLORS[color], shape, image_size, rng, noise=4.0))
+        rows["bad"].append(_draw(COLORS[wrong], shape, image_size, rng, noise=40.0))
+    if schema == "paired":
+        features = Features({"prompt": Value("string"), "chosen": Image(), "rejected": Image()})
+        data = {"prompt": rows["prompt"], "chosen": [{"bytes": b, "path": None} for b in rows["good"]],
+                "rejected": [{"bytes": b, "path": None} for b in rows["bad"]]}
+        return Dataset.from_dict(data, features=features)
+    if schema != "pickapic":
+        raise ValueError(f"schema must be 'pickapic' or 'paired', got {schema!r}.")
+    swap = [i % 2 == 1 for i in range(num_pairs)]
+    labels = [0.5 if tie_every and i % tie_every == tie_every - 1 else (0.0 if swap[i] else 1.0) for i in range(num_pairs)]
+    return Dataset.from_dict(
+        {
+            "caption": rows["prompt"],
+            "jpg_0": [bad if s else good for good, bad, s in zip(rows["good"], rows["bad"], swap)],
+            "jpg_1": [good if s else bad for good, bad, s in zip(rows["good"], rows["bad"], swap)],
+            "label_0": labels,
+        },
+        features=Features({"caption": Value("string"), "jpg_0": Value("binary"), "jpg_1": Value("binary"), "label_0": Value("float64")}),
+    )

@@ -1,0 +1,313 @@
+"""``DDEDiffusionTrainer``: Diffusion DPO with pluggable per-timestep credit assignment.
+
+One training step, for a batch of ``B`` preference pairs:
+
+1. encode winner and loser images with the frozen VAE and the prompt with the frozen text encoder;
+2. draw one timestep per pair from the credit strategy and one noise tensor per pair, shared by winner
+   and loser, and noise both latents;
+3. run the policy UNet once on ``[winners; losers]`` and the reference once (LoRA: adapters disabled;
+   full fine-tune: a frozen copy), converting outputs to epsilon predictions;
+4. ask the strategy for each pair's margin ``z`` and take the loss (``sigmoid``: ``-log σ(β z)``);
+5. let the strategy update its state (dde's EMA arrays).
+
+Checkpoints hold the weights in diffusers format (LoRA file or ``unet/``), the optimizer, scheduler,
+RNG states, the data position and the strategy's state, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, IterableDataset
+from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .config import DDEConfig
+from .credit import CreditAssigner, DenoisingOutputs, get_credit
+from .credit.base import squared_error
+from .data import PreferenceCollator, prepare_preference_dataset
+from .hub import has_lora, load_unet_weights, save_unet_weights
+from .models import adapters_disabled, cast_module, encode_prompts, load_pipeline, load_reference_unet, prepare_unet
+from .schedule import add_noise, epsilon_from_prediction
+
+__all__ = ["DDEDiffusionTrainer"]
+
+CREDIT_STATE_NAME = "credit_state.safetensors"
+
+
+def _weight_dtype(args: DDEConfig) -> torch.dtype:
+    """dtype of the frozen weights (VAE, text encoder, LoRA base, reference) under mixed precision."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
+def _check_8bit_optimizer(args: DDEConfig) -> None:
+    """Fail before training, with a fix, when an 8-bit bitsandbytes optimizer cannot run on this device."""
+    if "8bit" not in args.optim:
+        return
+    try:
+        import bitsandbytes as bnb  # lazily: only 8-bit optimizers need it
+    except ImportError as error:
+        raise ImportError(f"optim={args.optim!r} needs bitsandbytes: pip install 'trl-dde[bnb]'.") from error
+    try:  # one real 8-bit step (>= 4096 elements, the size bitsandbytes quantizes) on the training device
+        probe = torch.zeros(4096, device=args.device, requires_grad=True)
+        probe.grad = torch.ones_like(probe)
+        bnb.optim.AdamW8bit([probe]).step()
+    except Exception as error:  # bitsandbytes raises many types for unsupported devices
+        raise RuntimeError(
+            f"optim={args.optim!r}: bitsandbytes {bnb.__version__} cannot run an 8-bit optimizer on "
+            f"device {args.device} ({type(error).__name__}: {error}). Use optim='adamw_torch' (or 'adamw_torch_fused')."
+        ) from error
+
+
+def _unwrap(model: torch.nn.Module) -> UNet2DConditionModel:
+    """The UNet inside DDP/compile wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+class DDEDiffusionTrainer(Trainer):
+    """Trainer for Direct Preference Optimization of Stable Diffusion pipelines with a credit strategy.
+
+    Args:
+        model: hub id or local folder of a diffusers pipeline, or a pipeline instance. The trained module
+            (``trainer.model``) is its UNet; the VAE and text encoder are frozen.
+        ref_model: reference UNet for full fine-tuning (instance or folder); default a frozen copy of the
+            UNet. Not allowed with ``peft_config``: the LoRA reference is the UNet with adapters disabled.
+        args: a ``DDEConfig``.
+        train_dataset / eval_dataset: preference pairs (Pick-a-Pic v2 or ``prompt``/``chosen``/``rejected``).
+        peft_config: a ``peft.LoraConfig`` to train LoRA adapters instead of the full UNet.
+        credit: strategy name or ``CreditAssigner`` instance; overrides ``args.credit``.
+        callbacks / optimizers: as in ``transformers.Trainer``.
+    """
+
+    _tag_names = ["trl", "trl-dde", "diffusers", "dpo"]
+
+    def __init__(
+        self,
+        model: str | os.PathLike | DiffusionPipeline,
+        ref_model: UNet2DConditionModel | str | os.PathLike | None = None,
+        args: DDEConfig | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | None = None,
+        peft_config=None,
+        credit: str | CreditAssigner | None = None,
+        callbacks=None,
+        optimizers=(None, None),
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else "pipeline"
+            args = DDEConfig(output_dir=f"{os.path.basename(str(name).rstrip('/'))}-DDE")
+        if not isinstance(args, DDEConfig):
+            raise TypeError(f"args must be a DDEConfig, got {type(args).__name__}.")
+        if peft_config is not None and ref_model is not None:
+            raise ValueError(
+                "ref_model and peft_config are mutually exclusive: with LoRA the reference is the base UNet "
+                "(adapters disabled). Pass ref_model only for full fine-tuning."
+            )
+        if train_dataset is None:
+            raise ValueError("DDEDiffusionTrainer needs a train_dataset of preference pairs.")
+        _check_8bit_optimizer(args)
+
+        weight_dtype = _weight_dtype(args)
+        self.pipeline = load_pipeline(model, variant=args.model_variant, revision=args.model_revision)
+        self.base_model_name = model if isinstance(model, (str, os.PathLike)) else getattr(
+            self.pipeline, "name_or_path", None
+        )
+        for frozen in (self.pipeline.vae, self.pipeline.text_encoder):
+            frozen.requires_grad_(False)
+            cast_module(frozen, weight_dtype, args.device).eval()
+        unet = prepare_unet(self.pipeline.unet, peft_config, weight_dtype)
+        self.ref_unet = None if peft_config is not None else load_reference_unet(unet, ref_model, weight_dtype).to(args.device)
+        if args.activation_checkpointing:
+            unet.enable_gradient_checkpointing()
+            # transformers' train() calls `model.activation_checkpointing_enable()`, which diffusers models
+            # lack; the UNet's own checkpointing is already on, so make that call a no-op on this instance.
+            unet.activation_checkpointing_enable = lambda **kwargs: None
+
+        self.noise_scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(args.device, dtype=torch.float32)
+        if credit is None or isinstance(credit, str):
+            credit = get_credit(
+                credit or args.credit,
+                alphas_cumprod=self.noise_scheduler.alphas_cumprod,
+                timestep_range=args.timestep_range,
+                **args.credit_kwargs,
+            )
+        self.credit = credit.to(args.device)
+
+        train_dataset, schema, self.ties_dropped = prepare_preference_dataset(train_dataset, args)
+        if eval_dataset is not None:
+            eval_dataset, _, _ = prepare_preference_dataset(eval_dataset, args)
+        resolution = args.resolution or unet.config.sample_size * self.pipeline.vae_scale_factor
+        collator = PreferenceCollator(self.pipeline.tokenizer, schema, resolution, args.random_crop, args.random_flip)
+
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.corrupt_skipped = 0
+        super().__init__(
+            model=unet,
+            args=args,
+            data_collator=collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+
+    # ---- the step ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        vae = self.pipeline.vae
+        latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample()
+        return latents.float() * vae.config.scaling_factor
+
+    def _predict_epsilon(self, unet, x_t, timesteps, prompt_embeds) -> torch.Tensor:
+        prediction = unet(x_t, timesteps, encoder_hidden_states=prompt_embeds).sample
+        return epsilon_from_prediction(prediction.float(), x_t, timesteps, self.alphas_cumprod, self.prediction_type)
+
+    @torch.no_grad()
+    def _reference_epsilon(self, model, x_t, timesteps, prompt_embeds) -> torch.Tensor:
+        if self.ref_unet is not None:
+            return self._predict_epsilon(self.ref_unet, x_t, timesteps, prompt_embeds.to(self.ref_unet.dtype))
+        with adapters_disabled(_unwrap(model)):
+            return self._predict_epsilon(model, x_t, timesteps, prompt_embeds)
+
+    def _preference_loss(self, z: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+        """Per-pair loss from the margin; ``preference`` is 1 for decided pairs and 0.5 for kept ties."""
+        beta = self.args.beta
+        if self.args.loss_type == "sigmoid":
+            return -(preference * F.logsigmoid(beta * z) + (1 - preference) * F.logsigmoid(-beta * z))
+        sign = 2 * preference - 1  # 1 for decided pairs, 0 for ties
+        if self.args.loss_type == "hinge":
+            return torch.relu(1 - sign * beta * z)
+        return (z - sign / (2 * beta)) ** 2  # ipo
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        self._count_corrupt(inputs["num_corrupt"], mode)
+        pairs = inputs["pixel_values_w"].shape[0]
+        if pairs == 0:  # every row of this batch was corrupt: a zero loss that still touches the graph
+            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            return (loss, {}) if return_outputs else loss
+        latents = self._encode_images(torch.cat([inputs["pixel_values_w"], inputs["pixel_values_l"]]))
+        prompt_embeds = encode_prompts(self.pipeline, inputs["input_ids"]).to(latents.device)
+        x0_w, x0_l = latents.chunk(2)
+        noise = torch.randn_like(x0_w)
+        timesteps = self.credit.sample_timesteps(pairs, device=latents.device)
+        if self.args.loss_type == "sft":
+            loss = self._sft_loss(model, x0_w, noise, timesteps, prompt_embeds, mode)
+        else:
+            loss = self._dpo_loss(model, x0_w, x0_l, noise, timesteps, prompt_embeds, inputs["preference"], mode)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The loss became {loss.item()} at step {self.state.global_step + 1}. Training stopped before the "
+                "update so the last checkpoint is intact. Usual fixes: a lower learning_rate, bf16 instead of fp16, "
+                "max_grad_norm=1.0, or a smaller beta; then resume from the last checkpoint."
+            )
+        return (loss, {}) if return_outputs else loss
+
+    def _sft_loss(self, model, x0_w, noise, timesteps, prompt_embeds, mode):
+        """The paper's SFT baseline: the plain denoising loss on the preferred images only."""
+        xt_w = add_noise(x0_w, noise, timesteps, self.alphas_cumprod)
+        eps_w = self._predict_epsilon(model, xt_w, timesteps, prompt_embeds)
+        mse = squared_error(eps_w, noise)
+        self._log_metrics(mode, {"mse/policy_chosen": mse.detach(), "timestep": timesteps.float()})
+        return mse.mean()
+
+    def _dpo_loss(self, model, x0_w, x0_l, noise, timesteps, prompt_embeds, preference, mode):
+        both = lambda t: torch.cat([t, t])  # noqa: E731 - winners and losers share noise, τ and prompt
+        x_t = add_noise(torch.cat([x0_w, x0_l]), both(noise), both(timesteps), self.alphas_cumprod)
+        eps = self._predict_epsilon(model, x_t, both(timesteps), both(prompt_embeds))
+        eps_ref = self._reference_epsilon(model, x_t, both(timesteps), both(prompt_embeds))
+        xt_w, xt_l = x_t.chunk(2)
+        eps_w, eps_l = eps.chunk(2)
+        eps_ref_w, eps_ref_l = eps_ref.chunk(2)
+        outputs = DenoisingOutputs(x0_w, x0_l, noise, timesteps, xt_w, xt_l, eps_w, eps_l, eps_ref_w, eps_ref_l)
+        z = self.credit.margin(outputs)
+        loss = self._preference_loss(z, preference.to(z.dtype)).mean()
+        if model.training:
+            self.credit.update(outputs)
+        z = z.detach()
+        self._log_metrics(
+            mode,
+            {
+                "implicit_acc": (z > 0).float() + 0.5 * (z == 0).float(),
+                "margin": z,
+                "beta_margin": self.args.beta * z,
+                "mse/policy_chosen": squared_error(eps_w.detach(), noise),
+                "mse/policy_rejected": squared_error(eps_l.detach(), noise),
+                "mse/ref_chosen": squared_error(eps_ref_w, noise),
+                "mse/ref_rejected": squared_error(eps_ref_l, noise),
+                "timestep": timesteps.float(),
+            },
+        )
+        for key, value in self.credit.metrics().items():
+            self._metrics[mode][f"credit/{key}"].append(value)
+        return loss
+
+    # ---- metrics -----------------------------------------------------------------------------------
+
+    def _log_metrics(self, mode: str, values: dict[str, torch.Tensor]) -> None:
+        """Average each per-pair tensor over all processes' pairs and buffer it until the next log."""
+        for key, value in values.items():
+            self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value).float().mean().item())
+
+    def _count_corrupt(self, num_corrupt: torch.Tensor, mode: str) -> None:
+        count = int(self.accelerator.gather(num_corrupt.reshape(1).to(self.accelerator.device)).sum())
+        if mode == "train":
+            self.corrupt_skipped += count
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        if mode == "train":
+            metrics.update({"data/ties_dropped": self.ties_dropped, "data/corrupt_skipped": self.corrupt_skipped})
+        else:
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        self._metrics[mode].clear()
+        super().log({**logs, **metrics}, start_time)
+
+    # ---- saving and resuming -----------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Diffusers-format weights (LoRA file or ``unet/``) instead of transformers' ``model.safetensors``."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        save_unet_weights(_unwrap(self.model), output_dir, type(self.pipeline))
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            state = {key: value.detach().cpu().contiguous() for key, value in self.credit.state_dict().items()}
+            safetensors.torch.save_file(state, os.path.join(folder, CREDIT_STATE_NAME), metadata={"credit": self.credit.name})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_unet_weights(_unwrap(model or self.model), resume_from_checkpoint)
+        path = os.path.join(resume_from_checkpoint, CREDIT_STATE_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{resume_from_checkpoint} has no {CREDIT_STATE_NAME}; it was not written by trl-dde.")
+        with safetensors.safe_open(path, framework="pt") as handle:
+            saved_credit = handle.metadata().get("credit")
+        if saved_credit != self.credit.name:
+            raise ValueError(
+                f"{resume_from_checkpoint} was trained with credit={saved_credit!r}, but this run uses "
+                f"credit={self.credit.name!r}. Resume with the same strategy."
+            )
+        self.credit.load_state_dict(safetensors.torch.load_file(path, device=str(self.args.device)))
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    @property
+    def is_lora(self) -> bool:
+        return has_lora(_unwrap(self.model))
