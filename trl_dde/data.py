@@ -14,6 +14,7 @@ is skipped and counted instead of crashing the dataloader. No torchvision: PIL, 
 from __future__ import annotations
 
 import io
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 __all__ = [
+    "AUGMENTATION_SEED",
+    "AugmentedPairs",
     "PreferenceCollator",
     "PreferenceSchema",
     "detect_schema",
@@ -32,6 +35,7 @@ __all__ = [
 ]
 
 TIE = 0.5
+AUGMENTATION_SEED = "augmentation_seed"
 
 
 @dataclass(frozen=True)
@@ -124,16 +128,46 @@ def load_image(value) -> PILImage.Image:
         raise ValueError(f"Undecodable image: {error}") from error
 
 
+class AugmentedPairs(torch.utils.data.Dataset):
+    """Map-style view of a preference dataset that tags every row with its own augmentation seed.
+
+    The seed is a hash of ``(seed, epoch, row index)``, so a pair's crop and flip depend neither on the
+    order rows are drawn in nor on which dataloader worker collates them: a resumed run re-draws exactly
+    the augmentations of an uninterrupted one, and each epoch draws new ones (accelerate forwards
+    ``set_epoch``). Drawing them from torch's global RNG in the collator would break exact resume,
+    because transformers fetches the first batch after a resume before it restores the RNG state.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        row = dict(self.dataset[index])
+        row[AUGMENTATION_SEED] = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        return row
+
+
 def paired_transform(
-    images: tuple[PILImage.Image, PILImage.Image], resolution: int, random_crop: bool, random_flip: bool
+    images: tuple[PILImage.Image, PILImage.Image],
+    resolution: int,
+    random_crop: bool = False,
+    random_flip: bool = False,
+    rng: random.Random | None = None,
 ) -> torch.Tensor:
     """Resize (shorter side → ``resolution``), crop and flip the two images of a pair *identically*.
 
-    Returns ``[2, 3, resolution, resolution]`` in ``[-1, 1]``. Crop offsets are drawn once as fractions of
-    the free margin and the flip once, from torch's global RNG (so checkpoints restore them).
+    Returns ``[2, 3, resolution, resolution]`` in ``[-1, 1]``. Without ``rng`` the crop is centred and
+    nothing is flipped; with it, crop offsets are drawn once as fractions of the free margin and the
+    flip once, and both images get the same ones.
     """
-    crop_fraction = torch.rand(2).tolist() if random_crop else [0.5, 0.5]
-    flip = random_flip and bool(torch.rand(()) < 0.5)
+    crop_fraction = [rng.random(), rng.random()] if (random_crop and rng) else [0.5, 0.5]
+    flip = bool(random_flip and rng and rng.random() < 0.5)
     tensors = []
     for image in images:
         scale = resolution / min(image.size)
@@ -182,7 +216,9 @@ class PreferenceCollator:
                 pair = (load_image(winner), load_image(loser))
             except ValueError:
                 continue
-            pixels.append(paired_transform(pair, self.resolution, self.random_crop, self.random_flip))
+            seed = row.get(AUGMENTATION_SEED)
+            rng = random.Random(seed) if seed is not None else None  # rows without a seed (eval) are not augmented
+            pixels.append(paired_transform(pair, self.resolution, self.random_crop, self.random_flip, rng))
             prompts.append(row[self.schema.prompt] or "")
             preferences.append(preference)
         num_corrupt = torch.tensor(len(rows) - len(pixels))

@@ -30,7 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .config import DDEConfig
 from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
-from .data import PreferenceCollator, prepare_preference_dataset
+from .data import AugmentedPairs, PreferenceCollator, prepare_preference_dataset
 from .hub import has_lora, load_unet_weights, save_unet_weights
 from .models import adapters_disabled, cast_module, encode_prompts, load_pipeline, load_reference_unet, prepare_unet
 from .schedule import add_noise, epsilon_from_prediction
@@ -143,6 +143,7 @@ class DDEDiffusionTrainer(Trainer):
         self.credit = credit.to(args.device)
 
         train_dataset, schema, self.ties_dropped = prepare_preference_dataset(train_dataset, args)
+        train_dataset = AugmentedPairs(train_dataset, args.seed)
         if eval_dataset is not None:
             eval_dataset, _, _ = prepare_preference_dataset(eval_dataset, args)
         resolution = args.resolution or unet.config.sample_size * self.pipeline.vae_scale_factor

@@ -1,0 +1,115 @@
+"""Preference data: schemas, ties, corrupt images, paired augmentation."""
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import lora_config, make_args
+from datasets import Dataset
+from PIL import Image as PILImage
+
+from trl_dde import DDEDiffusionTrainer
+from trl_dde.data import AugmentedPairs, PreferenceCollator, detect_schema, load_image, paired_transform, schemas_from_args
+from trl_dde.tiny import tiny_preference_dataset, tiny_tokenizer
+
+
+def test_missing_columns_are_named_with_the_accepted_schemas(tmp_path, pipeline):
+    bad = Dataset.from_dict({"caption": ["a cat"], "jpg_0": [b"x"], "label": [1.0]})
+    with pytest.raises(ValueError) as error:
+        DDEDiffusionTrainer(pipeline, args=make_args(tmp_path), train_dataset=bad, peft_config=lora_config())
+    message = str(error.value)
+    assert "pickapic: needs ['caption', 'jpg_0', 'jpg_1', 'label_0']; missing ['jpg_1', 'label_0']" in message
+    assert "paired: needs ['prompt', 'chosen', 'rejected']; missing ['prompt', 'chosen', 'rejected']" in message
+
+
+def test_configured_column_names_are_used(tmp_path):
+    data = tiny_preference_dataset(4, schema="paired").rename_columns({"prompt": "text", "chosen": "good", "rejected": "bad"})
+    args = make_args(tmp_path, prompt_column="text", chosen_column="good", rejected_column="bad")
+    schema = detect_schema(data.column_names, schemas_from_args(args))
+    assert (schema.kind, schema.columns) == ("paired", ("text", "good", "bad"))
+
+
+def test_all_ties_are_refused(tmp_path, pipeline):
+    ties = tiny_preference_dataset(6).map(lambda row: {"label_0": 0.5})
+    with pytest.raises(ValueError, match="All 6 pairs are ties.*drop_ties=False"):
+        DDEDiffusionTrainer(pipeline, args=make_args(tmp_path), train_dataset=ties, peft_config=lora_config())
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, pipeline):
+    data = tiny_preference_dataset(8)
+    rows = data.to_dict()
+    rows["jpg_1"][3] = b"\xff\xd8 definitely not a jpeg"
+    corrupt = Dataset.from_dict(rows, features=data.features)
+    # 8 pairs, batch 4, 2 steps: one epoch sees every row once
+    trainer = DDEDiffusionTrainer(pipeline, args=make_args(tmp_path, max_steps=2), train_dataset=corrupt, peft_config=lora_config())
+    trainer.train()
+    assert trainer.corrupt_skipped == 1
+    assert trainer.state.log_history[-2]["data/corrupt_skipped"] == 1
+
+
+def test_a_batch_of_only_corrupt_images_is_a_zero_loss_step(tmp_path, pipeline):
+    rows = {"caption": ["x"] * 4, "jpg_0": [b"bad"] * 4, "jpg_1": [b"bad"] * 4, "label_0": [1.0] * 4}
+    trainer = DDEDiffusionTrainer(pipeline, args=make_args(tmp_path, max_steps=1), train_dataset=Dataset.from_dict(rows), peft_config=lora_config())
+    trainer.train()
+    assert trainer.corrupt_skipped == 4 and trainer.state.log_history[0]["loss"] == 0.0
+
+
+def test_paired_schema_with_pil_images_trains(tmp_path, pipeline):
+    trainer = DDEDiffusionTrainer(pipeline, args=make_args(tmp_path, max_steps=1), train_dataset=tiny_preference_dataset(8, schema="paired"), peft_config=lora_config())
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def collate(dataset, schema_args, **kwargs):
+    args = make_args(__import__("pathlib").Path("/tmp"), **schema_args)
+    schema = detect_schema(dataset.column_names, schemas_from_args(args))
+    return PreferenceCollator(tiny_tokenizer(), schema, resolution=16, **kwargs)
+
+
+def test_collator_orients_pickapic_labels_and_keeps_ties_as_half():
+    data = tiny_preference_dataset(4, tie_every=4)  # labels 1, 0, 1, 0.5 with the winner on alternating sides
+    batch = collate(data, {})(list(data))
+    assert batch["preference"].tolist() == [1.0, 1.0, 1.0, 0.5]
+    for i, (winner, loser) in enumerate([("jpg_0", "jpg_1"), ("jpg_1", "jpg_0"), ("jpg_0", "jpg_1")]):
+        expected = paired_transform((load_image(data[i][winner]), load_image(data[i][loser])), 16)
+        assert torch.equal(batch["pixel_values_w"][i], expected[0]) and torch.equal(batch["pixel_values_l"][i], expected[1])
+    assert batch["input_ids"].shape == (4, 77)
+
+
+def image_bytes(array):
+    buffer = io.BytesIO()
+    PILImage.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_paired_transform_crops_and_flips_both_images_identically():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    pair = (load_image(image_bytes(a)), load_image(image_bytes(a.copy())))
+    outputs = {paired_transform(pair, 16, True, True, random.Random(seed))[0].sum().item() for seed in range(20)}
+    assert len(outputs) > 4  # the augmentation really varies with the seed
+    for seed in range(20):
+        both = paired_transform(pair, 16, True, True, random.Random(seed))
+        assert both.shape == (2, 3, 16, 16) and torch.equal(both[0], both[1])
+    centred = paired_transform(pair, 16)
+    flipped_only = [paired_transform(pair, 16, False, True, random.Random(s)) for s in range(10)]
+    assert any(torch.equal(f[0], centred[0].flip(-1)) for f in flipped_only)
+    assert any(torch.equal(f[0], centred[0]) for f in flipped_only)
+
+
+def test_augmentation_seeds_depend_on_epoch_and_row_not_on_draw_order():
+    data = AugmentedPairs(tiny_preference_dataset(4), seed=7)
+    seeds = [data[i]["augmentation_seed"] for i in range(4)]
+    assert len(set(seeds)) == 4 and [data[i]["augmentation_seed"] for i in (3, 2, 1, 0)] == seeds[::-1]
+    data.set_epoch(1)
+    assert all(data[i]["augmentation_seed"] != seeds[i] for i in range(4))
+
+
+def test_load_image_refuses_garbage_with_value_error():
+    with pytest.raises(ValueError, match="Undecodable image"):
+        load_image(b"not an image")
+    with pytest.raises(ValueError, match="Undecodable image"):
+        load_image(12)
+    assert load_image(np.zeros((4, 4, 3), dtype=np.uint8)).size == (4, 4)
