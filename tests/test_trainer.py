@@ -8,6 +8,7 @@ from conftest import lora_config, make_args
 
 from trl_dde import CreditAssigner, DDEDiffusionTrainer, register_credit
 from trl_dde.credit import UniformCredit
+from trl_dde.tiny import tiny_preference_dataset
 
 STRATEGIES = ["uniform", "discounted", "dde-single", "dde-step", "dde"]
 
@@ -138,3 +139,28 @@ def test_nan_loss_stops_training_with_step_and_fix(tmp_path, pipeline, pickapic)
     trainer = DDEDiffusionTrainer(pipeline, args=make_args(tmp_path, credit="test-nan"), train_dataset=pickapic, peft_config=lora_config())
     with pytest.raises(FloatingPointError, match=r"at step 1\..*learning_rate"):
         trainer.train()
+
+
+@pytest.mark.parametrize("credit", STRATEGIES)
+def test_a_small_gradient_step_lowers_the_loss_on_the_same_inputs(tmp_path, pipeline, credit):
+    """Guards the sign of the whole chain (margin, loss, backward): same batch, noise and τ before and after."""
+    data = tiny_preference_dataset(8)
+    trainer = DDEDiffusionTrainer(pipeline, args=make_args(tmp_path, credit=credit), train_dataset=data, peft_config=lora_config())
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    model = trainer.model.eval()  # eval: the strategy's state is not updated between the two evaluations
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # leave the z = 0 saddle of a fresh adapter
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+
+    def loss():
+        torch.manual_seed(0)
+        return trainer.compute_loss(model, batch)
+
+    before = loss()
+    before.backward()
+    norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in params))
+    with torch.no_grad():
+        for p in params:
+            p.sub_(1e-3 * p.grad / norm)
+    assert loss() < before

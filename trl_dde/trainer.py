@@ -151,6 +151,7 @@ class DDEDiffusionTrainer(Trainer):
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.corrupt_skipped = 0
+        self._eval_generator: torch.Generator | None = None
         super().__init__(
             model=unet,
             args=args,
@@ -164,9 +165,9 @@ class DDEDiffusionTrainer(Trainer):
     # ---- the step ----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         vae = self.pipeline.vae
-        latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample()
+        latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample(generator=generator)
         return latents.float() * vae.config.scaling_factor
 
     def _predict_epsilon(self, unet, x_t, timesteps, prompt_embeds) -> torch.Tensor:
@@ -197,11 +198,13 @@ class DDEDiffusionTrainer(Trainer):
         if pairs == 0:  # every row of this batch was corrupt: a zero loss that still touches the graph
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, {}) if return_outputs else loss
-        latents = self._encode_images(torch.cat([inputs["pixel_values_w"], inputs["pixel_values_l"]]))
+        # evaluation draws from its own seeded generator: comparable across evaluations, training RNG untouched
+        generator = None if model.training else self._eval_generator
+        latents = self._encode_images(torch.cat([inputs["pixel_values_w"], inputs["pixel_values_l"]]), generator)
         prompt_embeds = encode_prompts(self.pipeline, inputs["input_ids"]).to(latents.device)
         x0_w, x0_l = latents.chunk(2)
-        noise = torch.randn_like(x0_w)
-        timesteps = self.credit.sample_timesteps(pairs, device=latents.device)
+        noise = torch.randn(x0_w.shape, generator=generator, device=x0_w.device, dtype=x0_w.dtype)
+        timesteps = self.credit.sample_timesteps(pairs, device=latents.device, generator=generator)
         if self.args.loss_type == "sft":
             loss = self._sft_loss(model, x0_w, noise, timesteps, prompt_embeds, mode)
         else:
@@ -253,6 +256,20 @@ class DDEDiffusionTrainer(Trainer):
             self._metrics[mode][f"credit/{key}"].append(value)
         return loss
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation computes the same loss (no labels, no logits); ``eval_*`` metrics are logged."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluate(self, *args, **kwargs):
+        self._eval_generator = torch.Generator(device=self.args.device).manual_seed(self.args.seed)
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._eval_generator = None
+
     # ---- metrics -----------------------------------------------------------------------------------
 
     def _log_metrics(self, mode: str, values: dict[str, torch.Tensor]) -> None:
@@ -265,15 +282,22 @@ class DDEDiffusionTrainer(Trainer):
         if mode == "train":
             self.corrupt_skipped += count
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
+    def _drain_metrics(self, mode: str) -> dict[str, float]:
+        """Averages of the metrics buffered since the last log, then an empty buffer."""
         metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
-        if mode == "train":
-            metrics.update({"data/ties_dropped": self.ties_dropped, "data/corrupt_skipped": self.corrupt_skipped})
-        else:
-            metrics = {f"eval_{key}": value for key, value in metrics.items()}
         self._metrics[mode].clear()
-        super().log({**logs, **metrics}, start_time)
+        return metrics
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:  # evaluation metrics travel with evaluate()'s own output instead
+            logs = {**logs, **self._drain_metrics("train"),
+                    "data/ties_dropped": self.ties_dropped, "data/corrupt_skipped": self.corrupt_skipped}
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in self._drain_metrics("eval").items()})
+        return output
 
     # ---- saving and resuming -----------------------------------------------------------------------
 
