@@ -92,3 +92,47 @@ def test_resume_with_another_strategy_is_refused(tmp_path):
     trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(), args=args, train_dataset=tiny_preference_dataset(8), peft_config=lora_config())
     with pytest.raises(ValueError, match="credit='dde'"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
+
+
+def test_push_to_hub_uploads_a_loadable_adapter_with_a_model_card(tmp_path, pipeline, pickapic, monkeypatch):
+    """The Hub is replaced at the network boundary: create_repo answers, upload_folder copies to a local 'repo'."""
+    import shutil
+
+    import yaml
+    from huggingface_hub import HfApi
+    from huggingface_hub.repocard import RepoCard
+
+    uploaded = tmp_path / "hub" / "alice" / "tiny-dde"
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        assert repo_id == "alice/tiny-dde"
+        shutil.copytree(folder_path, uploaded, ignore=shutil.ignore_patterns(*(ignore_patterns or [])))
+        return "https://huggingface.co/alice/tiny-dde"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    args = make_args(tmp_path, credit="dde", credit_kwargs={"correction_reduction": "mean"}, save_strategy="steps",
+                     save_steps=2, push_to_hub=True, hub_model_id="alice/tiny-dde", hub_strategy="end")
+    trainer = DDEDiffusionTrainer(pipeline, args=args, train_dataset=pickapic, peft_config=lora_config(r=4, alpha=4))
+    trainer.train()
+    trainer.push_to_hub(dataset_name="yuvalkirstain/pickapic_v2", base_model="stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+    assert not any(path.name.startswith("checkpoint-") for path in uploaded.iterdir())
+    fresh = tiny_sd15_pipeline(seed=0)
+    fresh.load_lora_weights(str(uploaded))
+    torch.testing.assert_close(unet_output(fresh.unet), unet_output(trainer.model.eval()), atol=1e-5, rtol=0)
+
+    card = RepoCard.load(uploaded / "README.md")
+    metadata = card.data.to_dict()
+    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "text-to-image"
+    assert metadata["base_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert metadata["datasets"] == ["yuvalkirstain/pickapic_v2"]
+    assert {"trl", "trl-dde", "diffusers", "dpo", "lora", "dde", "sd-1.5"} <= set(metadata["tags"])
+    body = card.text
+    assert "correction_reduction='mean'" in body and "| `beta` | `5000.0` |" in body
+    assert "pipe.load_lora_weights(\"alice/tiny-dde\")" in body
+    assert "| `implicit_acc` |" in body and "arXiv:2411.14871" in body and "Diffusion Model Alignment Using Direct Preference" in body
+    assert yaml.safe_load((uploaded / "README.md").read_text().split("---")[1])["library_name"] == "diffusers"

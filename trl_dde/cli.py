@@ -69,7 +69,11 @@ def train(argv: list[str]) -> None:
                                   train_dataset=train_dataset, eval_dataset=eval_dataset, peft_config=peft_config)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
-    print(f"Saved the trained {'LoRA adapter' if trainer.is_lora else 'UNet'} to {args.output_dir}")
+    card = {"dataset_name": script.dataset_name, "base_model": script.model_name_or_path}
+    trainer.create_model_card(**card)
+    print(f"Saved the trained {'LoRA adapter' if trainer.is_lora else 'UNet'} and its model card to {args.output_dir}")
+    if args.push_to_hub:
+        trainer.push_to_hub(**card)
 
 
 def main(argv: list[str] | None = None) -> None:

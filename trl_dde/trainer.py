@@ -23,10 +23,12 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
+from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .card import HYPERPARAMETERS, ModelCardData, render_model_card
 from .config import DDEConfig
 from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
@@ -113,6 +115,7 @@ class DDEDiffusionTrainer(Trainer):
         if train_dataset is None:
             raise ValueError("DDEDiffusionTrainer needs a train_dataset of preference pairs.")
         _check_8bit_optimizer(args)
+        set_seed(args.seed)  # LoRA initialisation follows args.seed
 
         weight_dtype = _weight_dtype(args)
         self.pipeline = load_pipeline(model, variant=args.model_variant, revision=args.model_revision)
@@ -161,6 +164,10 @@ class DDEDiffusionTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+        if self.accelerator.num_processes > 1:
+            # transformers seeds every rank alike, so ranks would draw the same noise and timesteps; give each
+            # its own stream (checkpointed per rank). Data order stays shared: accelerate syncs the sampler.
+            set_seed(args.seed, device_specific=True)
 
     # ---- the step ----------------------------------------------------------------------------------
 
@@ -308,6 +315,8 @@ class DDEDiffusionTrainer(Trainer):
             return
         save_unet_weights(_unwrap(self.model), output_dir, type(self.pipeline))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):  # the final model, not a checkpoint
+            self.create_model_card()
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -329,6 +338,33 @@ class DDEDiffusionTrainer(Trainer):
                 f"credit={self.credit.name!r}. Resume with the same strategy."
             )
         self.credit.load_state_dict(safetensors.torch.load_file(path, device=str(self.args.device)))
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          base_model: str | None = None, **kwargs) -> None:
+        """Write ``README.md`` (a diffusers model card) into ``output_dir``; ``push_to_hub`` uploads it."""
+        if not self.is_world_process_zero():
+            return
+        unet = _unwrap(self.model)
+        logged = [entry for entry in self.state.log_history if "loss" in entry and "train_runtime" not in entry]
+        final = {k: v for k, v in (logged[-1] if logged else {}).items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+        final.update({k: v for entry in self.state.log_history for k, v in entry.items() if k.startswith("eval_")})
+        data = ModelCardData(
+            model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
+            repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
+            base_model=base_model or (str(self.base_model_name) if self.base_model_name else None),
+            dataset_name=dataset_name,
+            pipeline_class=type(self.pipeline).__name__,
+            credit=self.credit.name,
+            credit_options=self.credit.extra_repr(),
+            is_lora=self.is_lora,
+            lora={k: v for k, v in unet.peft_config["default"].to_dict().items() if k in ("r", "lora_alpha", "lora_dropout", "target_modules")}
+            if self.is_lora else None,
+            hyperparameters={key: getattr(self.args, key) for key in HYPERPARAMETERS},
+            metrics=final,
+        )
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(render_model_card(data))
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)

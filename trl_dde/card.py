@@ -1,0 +1,111 @@
+"""Model cards for trained adapters and UNets, written offline (no Hub call).
+
+The card is the ``README.md`` of the output folder: YAML metadata the Hub indexes (``library_name:
+diffusers``, ``base_model``, ``pipeline_tag``, tags) and a body with the base model, the data, the credit
+strategy and its options, key hyperparameters, the final metrics, a loading snippet and citations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["ModelCardData", "render_model_card"]
+
+CITATIONS = """```bibtex
+@article{shi2024dde,
+  title   = {Prioritize Denoising Steps on Diffusion Model Preference Alignment via Explicit Denoised Distribution Estimation},
+  author  = {Shi, Dingyuan and Wang, Yong and Li, Hangyu and Chu, Xiangxiang},
+  journal = {arXiv preprint arXiv:2411.14871},
+  year    = {2024}
+}
+
+@inproceedings{wallace2024diffusiondpo,
+  title     = {Diffusion Model Alignment Using Direct Preference Optimization},
+  author    = {Wallace, Bram and Dang, Meihua and Rafailov, Rafael and Zhou, Linqi and Lou, Aaron and Purushwalkam, Senthil and Ermon, Stefano and Xiong, Caiming and Joty, Shafiq and Naik, Nikhil},
+  booktitle = {CVPR},
+  year      = {2024}
+}
+```"""
+
+HYPERPARAMETERS = (
+    "beta", "loss_type", "learning_rate", "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "max_steps", "num_train_epochs", "optim", "bf16", "fp16", "resolution",
+    "random_crop", "random_flip", "timestep_range", "drop_ties", "seed",
+)
+
+
+def is_hub_id(name: str | None) -> bool:
+    """``owner/name`` that is not a local path: worth naming in Hub metadata."""
+    return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
+
+
+@dataclass
+class ModelCardData:
+    """What a model card says."""
+
+    pipeline_class: str
+    credit: str
+    credit_options: str  # the strategy's own description of its options (CreditAssigner.extra_repr)
+    is_lora: bool
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, float]
+    model_name: str | None = None
+    repo_id: str | None = None  # where the model is loaded from in the usage snippet
+    base_model: str | None = None
+    dataset_name: str | None = None
+    lora: dict[str, Any] | None = field(default=None)
+
+
+def _usage(data: ModelCardData) -> str:
+    pipeline_class = data.pipeline_class
+    base = data.base_model or "<base model>"
+    repo = data.repo_id or data.model_name or "<this repo>"
+    if data.is_lora:
+        return (f"```python\nimport torch\nfrom diffusers import {pipeline_class}\n\n"
+                f"pipe = {pipeline_class}.from_pretrained(\"{base}\", torch_dtype=torch.float16).to(\"cuda\")\n"
+                f"pipe.load_lora_weights(\"{repo}\")\nimage = pipe(\"a photo of an astronaut riding a horse\").images[0]\n```")
+    return (f"```python\nimport torch\nfrom diffusers import {pipeline_class}, UNet2DConditionModel\n\n"
+            f"unet = UNet2DConditionModel.from_pretrained(\"{repo}\", subfolder=\"unet\", torch_dtype=torch.float16)\n"
+            f"pipe = {pipeline_class}.from_pretrained(\"{base}\", unet=unet, torch_dtype=torch.float16).to(\"cuda\")\n"
+            f"image = pipe(\"a photo of an astronaut riding a horse\").images[0]\n```")
+
+
+def render_model_card(data: ModelCardData) -> str:
+    """The README.md text of a trained model."""
+    family = "sdxl" if "XL" in data.pipeline_class else "sd-1.5"
+    tags = ["trl", "trl-dde", "diffusers", "dpo", *(["lora"] if data.is_lora else []), data.credit, family,
+            "text-to-image"]
+    metadata = {"library_name": "diffusers", "pipeline_tag": "text-to-image", "tags": tags}
+    if is_hub_id(data.base_model):
+        metadata["base_model"] = data.base_model
+    if is_hub_id(data.dataset_name):
+        metadata["datasets"] = [data.dataset_name]
+    kind = "LoRA adapter" if data.is_lora else "full UNet fine-tune"
+    lines = [
+        "---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
+        f"# {data.model_name or 'trl-dde model'}", "",
+        f"A {kind} of `{data.base_model or 'a Stable Diffusion pipeline'}` aligned with human preference "
+        f"pairs by Diffusion DPO, trained with trl-dde and the **`{data.credit}`** "
+        "credit-assignment strategy.", "",
+        "## Training", "",
+        f"- Base model: `{data.base_model or 'unknown'}` ({data.pipeline_class})",
+        f"- Dataset: `{data.dataset_name or 'unknown'}`",
+        f"- Credit strategy: `{data.credit}` (`{data.credit_options}`)",
+    ]
+    if data.lora:
+        lines.append(f"- LoRA: `{json.dumps(data.lora, sort_keys=True, default=sorted)}`")
+    lines += ["", "| hyperparameter | value |", "|---|---|"]
+    lines += [f"| `{key}` | `{value}` |" for key, value in data.hyperparameters.items()]
+    lines += ["", "## Final metrics", ""]
+    if data.metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| `{key}` | {value:.6g} |" for key, value in data.metrics.items()]
+    else:
+        lines.append("No training step was logged.")
+    lines += ["", "## Usage", "", _usage(data), "", "## Citations", "", CITATIONS, ""]
+    return "\n".join(lines)
