@@ -66,3 +66,34 @@ def test_help_texts(argv):
     expected = {"--help": ["train", "demo", "eval"], "train": ["--credit", "--credit_kwargs", "--dataset_name", "--use_peft", "--beta"],
                 "demo": ["--strategies", "--steps"]}[argv[0]]
     assert all(word in result.stdout for word in expected), result.stdout[-2000:]
+
+
+def test_example_configs_parse_into_ddeconfig():
+    from trl import TrlParser
+
+    from trl_dde import DDEConfig
+    from trl_dde.cli import ScriptArguments
+
+    for name in ("sd15_lora.yaml", "sd15_full_8bit.yaml"):
+        script, args = TrlParser((ScriptArguments, DDEConfig)).parse_args_and_config(
+            ["--config", f"examples/{name}", "--use_cpu", "true", "--bf16", "false", "--optim", "adamw_torch"])
+        assert script.model_name_or_path and script.dataset_name == "yuvalkirstain/pickapic_v2"
+        assert args.credit == "dde" and args.activation_checkpointing
+
+
+def test_compare_script_runs_strategies_on_equal_terms(tmp_path, pipeline_folder):
+    data_folder = tmp_path / "data"
+    tiny_preference_dataset(8).save_to_disk(str(data_folder))
+    config = {"model_name_or_path": pipeline_folder, "dataset_name": str(data_folder), "use_peft": True,
+              "lora_target_modules": LORA_TARGETS, "max_steps": 2, "per_device_train_batch_size": 4,
+              "report_to": "none", "use_cpu": True, "save_strategy": "no", "logging_steps": 1,
+              "output_dir": str(tmp_path / "unused")}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "examples/compare_credit_strategies.py", "--config", str(tmp_path / "cfg.yaml"),
+                             "--strategies", "uniform", "dde-single", "--output_dir", str(tmp_path / "cmp")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    table = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert set(table) == {"uniform", "dde-single"} and all("implicit_acc" in row for row in table.values())

@@ -136,3 +136,20 @@ def test_push_to_hub_uploads_a_loadable_adapter_with_a_model_card(tmp_path, pipe
     assert "pipe.load_lora_weights(\"alice/tiny-dde\")" in body
     assert "| `implicit_acc` |" in body and "arXiv:2411.14871" in body and "Diffusion Model Alignment Using Direct Preference" in body
     assert yaml.safe_load((uploaded / "README.md").read_text().split("---")[1])["library_name"] == "diffusers"
+
+
+def test_resume_true_takes_the_last_checkpoint(tmp_path):
+    run(tmp_path, "auto", lora=True, stop_at=4)
+    resumed = run(tmp_path, "auto", lora=True, resume=True)
+    assert resumed.state.global_step == 8
+    assert [e["step"] for e in resumed.state.log_history if "loss" in e] == list(range(1, 9))  # 1-4 from the checkpoint
+
+
+def test_save_uses_a_given_full_state_dict(tmp_path, pipeline):
+    """Under FSDP transformers hands _save the gathered state dict; it must be what is written."""
+    from trl_dde.hub import save_unet_weights
+
+    state_dict = {k: torch.full_like(v, 0.5) for k, v in pipeline.unet.state_dict().items()}
+    save_unet_weights(pipeline.unet, str(tmp_path / "full"), type(pipeline), state_dict)
+    reloaded = UNet2DConditionModel.from_pretrained(str(tmp_path / "full"), subfolder="unet")
+    assert all(torch.all(v == 0.5) for v in reloaded.state_dict().values())

@@ -47,7 +47,8 @@ def load_preference_split(name: str, config: str | None, split: str):
     return load_dataset(name, config, split=split)
 
 
-def train(argv: list[str]) -> None:
+def train(argv: list[str]):
+    """Parse ``trl-dde train`` arguments (YAML via ``--config``, flags override), train, save; returns the trainer."""
     from peft import LoraConfig
     from trl import TrlParser
 
@@ -74,6 +75,7 @@ def train(argv: list[str]) -> None:
     print(f"Saved the trained {'LoRA adapter' if trainer.is_lora else 'UNet'} and its model card to {args.output_dir}")
     if args.push_to_hub:
         trainer.push_to_hub(**card)
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     add_demo_arguments(demo)
     commands.add_parser("eval", help="score a trained model against its base (not available yet)")
     if argv[:1] == ["train"]:
-        return train(argv[1:])
+        train(argv[1:])
+        return
     options = parser.parse_args(argv)
     if options.command == "demo":
         run_demo(options)

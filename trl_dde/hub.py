@@ -16,6 +16,7 @@ import json
 import os
 
 import safetensors.torch
+from huggingface_hub import save_torch_state_dict
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import (
     SAFE_WEIGHTS_INDEX_NAME,
@@ -36,19 +37,31 @@ def has_lora(unet: UNet2DConditionModel) -> bool:
     return bool(getattr(unet, "peft_config", None))
 
 
-def save_unet_weights(unet: UNet2DConditionModel, output_dir: str, pipeline_class: type[DiffusionPipeline]) -> None:
-    """Write the trained weights in the format diffusers loads: LoRA file or ``unet/`` folder."""
+def save_unet_weights(
+    unet: UNet2DConditionModel, output_dir: str, pipeline_class: type[DiffusionPipeline], state_dict: dict | None = None
+) -> None:
+    """Write the trained weights in the format diffusers loads: LoRA file or ``unet/`` folder.
+
+    ``state_dict`` (the UNet's full state dict) is used instead of reading ``unet`` when given: under FSDP
+    the module holds only this rank's shard and transformers gathers the full state dict for saving.
+    """
     os.makedirs(output_dir, exist_ok=True)
     if has_lora(unet):
-        lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME))
+        peft_state = get_peft_model_state_dict(unet, state_dict=state_dict, adapter_name=ADAPTER_NAME)
+        lora_layers = convert_state_dict_to_diffusers(peft_state)
         pipeline_class.save_lora_weights(
             output_dir,
             unet_lora_layers=lora_layers,
             unet_lora_adapter_metadata=unet.peft_config[ADAPTER_NAME].to_dict(),
             safe_serialization=True,
         )
-    else:
+    elif state_dict is None:
         unet.save_pretrained(os.path.join(output_dir, UNET_FOLDER), safe_serialization=True)
+    else:
+        folder = os.path.join(output_dir, UNET_FOLDER)
+        unet.save_config(folder)
+        save_torch_state_dict(state_dict, folder, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+                              max_shard_size="10GB")
 
 
 def load_unet_weights(unet: UNet2DConditionModel, checkpoint_dir: str) -> None:

@@ -26,7 +26,7 @@ from datasets import Dataset, IterableDataset
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .card import HYPERPARAMETERS, ModelCardData, render_model_card
 from .config import DDEConfig
@@ -313,7 +313,7 @@ class DDEDiffusionTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        save_unet_weights(_unwrap(self.model), output_dir, type(self.pipeline))
+        save_unet_weights(_unwrap(self.model), output_dir, type(self.pipeline), state_dict)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):  # the final model, not a checkpoint
             self.create_model_card()
@@ -325,19 +325,32 @@ class DDEDiffusionTrainer(Trainer):
             state = {key: value.detach().cpu().contiguous() for key, value in self.credit.state_dict().items()}
             safetensors.torch.save_file(state, os.path.join(folder, CREDIT_STATE_NAME), metadata={"credit": self.credit.name})
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        load_unet_weights(_unwrap(model or self.model), resume_from_checkpoint)
-        path = os.path.join(resume_from_checkpoint, CREDIT_STATE_NAME)
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``transformers.Trainer.train``, restoring the credit strategy's state too when resuming."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No checkpoint found in {self.args.output_dir} to resume from.")
+        if resume_from_checkpoint:
+            # here rather than in _load_from_checkpoint, which transformers skips under DeepSpeed and FSDP
+            self._load_credit_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _load_credit_state(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, CREDIT_STATE_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{resume_from_checkpoint} has no {CREDIT_STATE_NAME}; it was not written by trl-dde.")
+            raise FileNotFoundError(f"{checkpoint} has no {CREDIT_STATE_NAME}; it was not written by trl-dde.")
         with safetensors.safe_open(path, framework="pt") as handle:
             saved_credit = handle.metadata().get("credit")
         if saved_credit != self.credit.name:
             raise ValueError(
-                f"{resume_from_checkpoint} was trained with credit={saved_credit!r}, but this run uses "
+                f"{checkpoint} was trained with credit={saved_credit!r}, but this run uses "
                 f"credit={self.credit.name!r}. Resume with the same strategy."
             )
         self.credit.load_state_dict(safetensors.torch.load_file(path, device=str(self.args.device)))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_unet_weights(_unwrap(model or self.model), resume_from_checkpoint)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           base_model: str | None = None, **kwargs) -> None:
