@@ -65,7 +65,7 @@ def test_paired_schema_with_pil_images_trains(tmp_path, pipeline):
 def collate(dataset, schema_args, **kwargs):
     args = make_args(__import__("pathlib").Path("/tmp"), **schema_args)
     schema = detect_schema(dataset.column_names, schemas_from_args(args))
-    return PreferenceCollator(tiny_tokenizer(), schema, resolution=16, **kwargs)
+    return PreferenceCollator((tiny_tokenizer(),), schema, resolution=16, **kwargs)
 
 
 def test_collator_orients_pickapic_labels_and_keeps_ties_as_half():
@@ -73,7 +73,7 @@ def test_collator_orients_pickapic_labels_and_keeps_ties_as_half():
     batch = collate(data, {})(list(data))
     assert batch["preference"].tolist() == [1.0, 1.0, 1.0, 0.5]
     for i, (winner, loser) in enumerate([("jpg_0", "jpg_1"), ("jpg_1", "jpg_0"), ("jpg_0", "jpg_1")]):
-        expected = paired_transform((load_image(data[i][winner]), load_image(data[i][loser])), 16)
+        expected, _ = paired_transform((load_image(data[i][winner]), load_image(data[i][loser])), 16)
         assert torch.equal(batch["pixel_values_w"][i], expected[0]) and torch.equal(batch["pixel_values_l"][i], expected[1])
     assert batch["input_ids"].shape == (4, 77)
 
@@ -88,13 +88,13 @@ def test_paired_transform_crops_and_flips_both_images_identically():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
     pair = (load_image(image_bytes(a)), load_image(image_bytes(a.copy())))
-    outputs = {paired_transform(pair, 16, True, True, random.Random(seed))[0].sum().item() for seed in range(20)}
+    outputs = {paired_transform(pair, 16, True, True, random.Random(seed))[0][0].sum().item() for seed in range(20)}
     assert len(outputs) > 4  # the augmentation really varies with the seed
     for seed in range(20):
-        both = paired_transform(pair, 16, True, True, random.Random(seed))
-        assert both.shape == (2, 3, 16, 16) and torch.equal(both[0], both[1])
-    centred = paired_transform(pair, 16)
-    flipped_only = [paired_transform(pair, 16, False, True, random.Random(s)) for s in range(10)]
+        both, time_ids = paired_transform(pair, 16, True, True, random.Random(seed))
+        assert both.shape == (2, 3, 16, 16) and torch.equal(both[0], both[1]) and torch.equal(time_ids[0], time_ids[1])
+    centred, _ = paired_transform(pair, 16)
+    flipped_only = [paired_transform(pair, 16, False, True, random.Random(s))[0] for s in range(10)]
     assert any(torch.equal(f[0], centred[0].flip(-1)) for f in flipped_only)
     assert any(torch.equal(f[0], centred[0]) for f in flipped_only)
 
@@ -113,3 +113,27 @@ def test_load_image_refuses_garbage_with_value_error():
     with pytest.raises(ValueError, match="Undecodable image"):
         load_image(12)
     assert load_image(np.zeros((4, 4, 3), dtype=np.uint8)).size == (4, 4)
+
+
+def test_micro_conditioning_follows_the_paired_crop_and_flip():
+    """time_ids = original (h, w), crop top-left in resized pixels (mirrored under a flip), target (h, w):
+    the reported left edge rebuilds exactly the pixels the pair was given."""
+    gradient = np.repeat(np.repeat((np.arange(40) * 6).astype(np.uint8)[None, :, None], 20, 0), 3, 2)  # 20 x 40
+    image = load_image(image_bytes(gradient))
+    resized = image.resize((20, 10), PILImage.Resampling.BILINEAR)
+    seen = set()
+    for seed in range(40):
+        pixels, time_ids = paired_transform((image, image), 10, True, True, random.Random(seed))
+        original_h, original_w, top, left, target_h, target_w = time_ids[0].tolist()
+        assert (original_h, original_w, top, target_h, target_w) == (20, 40, 0, 10, 10)
+        flipped = bool(pixels[0, 0, 0, 0] > pixels[0, 0, 0, -1])  # the gradient runs the other way
+        crop_left = int(20 - left - 10) if flipped else int(left)  # back to the unmirrored image
+        expected = resized.crop((crop_left, 0, crop_left + 10, 10))
+        if flipped:
+            expected = expected.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
+        expected = torch.from_numpy(np.asarray(expected, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        assert torch.equal(pixels[0], expected)
+        seen.add((flipped, int(left)))
+    assert {flipped for flipped, _ in seen} == {False, True} and len(seen) > 4
+    _, plain_ids = paired_transform((image, image), 10)
+    assert plain_ids[0].tolist() == [20, 40, 0, 5, 10, 10]

@@ -164,3 +164,18 @@ def test_a_small_gradient_step_lowers_the_loss_on_the_same_inputs(tmp_path, pipe
         for p in params:
             p.sub_(1e-3 * p.grad / norm)
     assert loss() < before
+
+
+@pytest.mark.parametrize("form", ["pipeline_folder", "unet_folder"])
+def test_reference_model_from_a_folder(tmp_path, pickapic, form):
+    from trl_dde.tiny import tiny_sd15_pipeline
+
+    other = tiny_sd15_pipeline(seed=3)
+    folder = tmp_path / form
+    if form == "pipeline_folder":
+        other.save_pretrained(folder)
+    else:
+        other.unet.save_pretrained(folder)
+    trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), ref_model=str(folder), args=make_args(tmp_path), train_dataset=pickapic)
+    for (name, a), (_, b) in zip(trainer.ref_unet.named_parameters(), other.unet.named_parameters()):
+        assert torch.equal(a, b), name

@@ -41,6 +41,7 @@ class DDEConfig(TrainingArguments):
 
         > Model
 
+        vae (`str`, *optional*): replacement VAE, e.g. an fp16-safe SDXL VAE (SDXL's own VAE stays fp32).
         model_revision / model_variant: passed to `from_pretrained` when `model` is a hub id or folder.
     """
 
@@ -101,6 +102,11 @@ class DDEConfig(TrainingArguments):
     rejected_column: str = field(default="rejected", metadata={"help": "Paired schema: rejected image column."})
 
     # Model
+    vae: str | None = field(
+        default=None,
+        metadata={"help": "Replacement VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix. SDXL's own VAE "
+                          "is kept in fp32; a VAE given here runs in the mixed-precision dtype."},
+    )
     model_revision: str | None = field(default=None, metadata={"help": "Revision of the model to load."})
     model_variant: str | None = field(default=None, metadata={"help": "Weights variant to load, e.g. fp16."})
 

@@ -159,17 +159,19 @@ def paired_transform(
     random_crop: bool = False,
     random_flip: bool = False,
     rng: random.Random | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize (shorter side → ``resolution``), crop and flip the two images of a pair *identically*.
 
-    Returns ``[2, 3, resolution, resolution]`` in ``[-1, 1]``. Without ``rng`` the crop is centred and
-    nothing is flipped; with it, crop offsets are drawn once as fractions of the free margin and the
-    flip once, and both images get the same ones.
+    Returns pixels ``[2, 3, R, R]`` in ``[-1, 1]`` and SDXL micro-conditioning ``[2, 6]``
+    (``original_h, original_w, crop_top, crop_left, R, R`` of each image; the crop's top-left in resized
+    pixels, mirrored when the pair is flipped). Without ``rng`` the crop is centred and nothing is flipped;
+    with it, crop offsets are drawn once as fractions of the free margin and the flip once, for both images.
     """
     crop_fraction = [rng.random(), rng.random()] if (random_crop and rng) else [0.5, 0.5]
     flip = bool(random_flip and rng and rng.random() < 0.5)
-    tensors = []
+    tensors, conditioning = [], []
     for image in images:
+        original_height, original_width = image.height, image.width
         scale = resolution / min(image.size)
         width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
         image = image.resize((width, height), PILImage.Resampling.BILINEAR)
@@ -178,22 +180,26 @@ def paired_transform(
         image = image.crop((left, top, left + resolution, top + resolution))
         if flip:
             image = image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
+            left = width - left - resolution  # where the crop sits in the mirrored image
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         tensors.append(torch.from_numpy(array).permute(2, 0, 1))
-    return torch.stack(tensors)
+        conditioning.append([original_height, original_width, top, left, resolution, resolution])
+    return torch.stack(tensors), torch.tensor(conditioning, dtype=torch.float32)
 
 
 @dataclass
 class PreferenceCollator:
-    """Turns rows into a batch: ``pixel_values_w``/``pixel_values_l`` ``[B, 3, R, R]``, ``input_ids``
-    ``[B, 77]``, ``preference`` ``[B]`` (1.0 decided, 0.5 tie) and ``num_corrupt`` (rows skipped because an
-    image could not be decoded; the trainer counts them)."""
+    """Turns rows into a batch: ``pixel_values_w``/``pixel_values_l`` ``[B, 3, R, R]``, ``input_ids`` (and
+    ``input_ids_2`` for a second tokenizer) ``[B, 77]``, ``preference`` ``[B]`` (1.0 decided, 0.5 tie),
+    ``num_corrupt`` (rows skipped because an image could not be decoded; the trainer counts them) and, with
+    ``micro_conditioning``, SDXL's ``time_ids_w``/``time_ids_l`` ``[B, 6]``."""
 
-    tokenizer: object
+    tokenizers: tuple
     schema: PreferenceSchema
     resolution: int
     random_crop: bool = False
     random_flip: bool = False
+    micro_conditioning: bool = False
 
     def _orient(self, row) -> tuple[object, object, float]:
         """(winner image, loser image, preference) of a row."""
@@ -208,8 +214,19 @@ class PreferenceCollator:
             return row[self.schema.image_b], row[self.schema.image_a], 1.0
         raise ValueError(f"{self.schema.label} must be 1, 0 or 0.5, got {label}.")
 
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` (and ``input_ids_2``, ...) for each tokenizer, padded to its max length."""
+        ids = {}
+        for i, tokenizer in enumerate(self.tokenizers):
+            length = tokenizer.model_max_length
+            ids["input_ids" if i == 0 else f"input_ids_{i + 1}"] = (
+                tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+                if prompts else torch.zeros(0, length, dtype=torch.long)  # a batch whose images were all corrupt
+            )
+        return ids
+
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        pixels, prompts, preferences = [], [], []
+        pixels, conditioning, prompts, preferences = [], [], [], []
         for row in rows:
             winner, loser, preference = self._orient(row)
             try:
@@ -218,23 +235,21 @@ class PreferenceCollator:
                 continue
             seed = row.get(AUGMENTATION_SEED)
             rng = random.Random(seed) if seed is not None else None  # rows without a seed (eval) are not augmented
-            pixels.append(paired_transform(pair, self.resolution, self.random_crop, self.random_flip, rng))
+            pair_pixels, pair_conditioning = paired_transform(pair, self.resolution, self.random_crop, self.random_flip, rng)
+            pixels.append(pair_pixels)
+            conditioning.append(pair_conditioning)
             prompts.append(row[self.schema.prompt] or "")
             preferences.append(preference)
-        num_corrupt = torch.tensor(len(rows) - len(pixels))
-        if not pixels:
-            empty = torch.zeros(0, 3, self.resolution, self.resolution)
-            return {"pixel_values_w": empty, "pixel_values_l": empty.clone(),
-                    "input_ids": torch.zeros(0, self.tokenizer.model_max_length, dtype=torch.long),
-                    "preference": torch.zeros(0), "num_corrupt": num_corrupt}
-        stacked = torch.stack(pixels)
-        input_ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        return {
+        size = self.resolution
+        stacked = torch.stack(pixels) if pixels else torch.zeros(0, 2, 3, size, size)
+        batch = {
             "pixel_values_w": stacked[:, 0],
             "pixel_values_l": stacked[:, 1],
-            "input_ids": input_ids,
-            "preference": torch.tensor(preferences),
-            "num_corrupt": num_corrupt,
+            **self.tokenize(prompts),
+            "preference": torch.tensor(preferences, dtype=torch.float32),
+            "num_corrupt": torch.tensor(len(rows) - len(pixels)),
         }
+        if self.micro_conditioning:
+            time_ids = torch.stack(conditioning) if conditioning else torch.zeros(0, 2, 6)
+            batch["time_ids_w"], batch["time_ids_l"] = time_ids[:, 0], time_ids[:, 1]
+        return batch

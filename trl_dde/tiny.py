@@ -1,4 +1,4 @@
-"""Tiny Stable Diffusion 1.5-architecture pipelines and preference datasets, built in code.
+"""Tiny Stable Diffusion 1.5- and SDXL-architecture pipelines and preference datasets, built in code.
 
 They power ``trl-dde demo`` and the test suite: no download, seconds on a CPU. The component shapes
 follow diffusers' ``get_dummy_components`` (UNet ``block_out_channels=(32, 64)``, cross-attention
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, Features, Image, Value
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from PIL import Image as PILImage
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-__all__ = ["tiny_preference_dataset", "tiny_sd15_pipeline", "tiny_tokenizer"]
+__all__ = ["tiny_preference_dataset", "tiny_sd15_pipeline", "tiny_sdxl_pipeline", "tiny_tokenizer"]
 
 TEXT_HIDDEN_SIZE = 32
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
@@ -40,20 +40,8 @@ def tiny_tokenizer(folder: str | Path | None = None) -> CLIPTokenizer:
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
-def tiny_sd15_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffusionPipeline:
-    """A randomly initialised SD1.5-architecture pipeline (≈1M UNet parameters, 32 px images, 16 px latents)."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN_SIZE,
-    )
-    vae = AutoencoderKL(
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
         block_out_channels=[32, 64],
         in_channels=3,
         out_channels=3,
@@ -62,21 +50,26 @@ def tiny_sd15_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> Stabl
         latent_channels=4,
         sample_size=32,
     )
-    tokenizer = tiny_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=TEXT_HIDDEN_SIZE,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-        )
+
+
+def _tiny_text_config(tokenizer: CLIPTokenizer, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=TEXT_HIDDEN_SIZE,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        **extra,
     )
-    scheduler = DDIMScheduler(
+
+
+def _scheduler(prediction_type: str) -> DDIMScheduler:
+    """SD's training schedule (scaled-linear β from 0.00085 to 0.012, T = 1000) in a DDIM sampler."""
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -85,15 +78,61 @@ def tiny_sd15_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> Stabl
         steps_offset=1,
         prediction_type=prediction_type,
     )
+
+
+def _tiny_unet(**extra) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **extra,
+    )
+
+
+def tiny_sd15_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffusionPipeline:
+    """A randomly initialised SD1.5-architecture pipeline (≈1.4M UNet parameters, 32 px images, 16 px latents)."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
     return StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
+        unet=_tiny_unet(cross_attention_dim=TEXT_HIDDEN_SIZE),
+        vae=_tiny_vae(),
+        text_encoder=CLIPTextModel(_tiny_text_config(tokenizer)),
         tokenizer=tokenizer,
-        scheduler=scheduler,
+        scheduler=_scheduler(prediction_type),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def tiny_sdxl_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffusionXLPipeline:
+    """A randomly initialised SDXL-architecture pipeline: two text encoders (the second with a projection),
+    a UNet with SDXL's ``text_time`` added conditioning (pooled text + 6 micro-conditioning ids)."""
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
+    time_embed_dim = 8
+    unet = _tiny_unet(
+        cross_attention_dim=2 * TEXT_HIDDEN_SIZE,  # both encoders' hidden states, concatenated
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_HIDDEN_SIZE,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(),
+        text_encoder=CLIPTextModel(_tiny_text_config(tokenizer)),
+        text_encoder_2=CLIPTextModelWithProjection(_tiny_text_config(tokenizer_2, projection_dim=TEXT_HIDDEN_SIZE)),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=_scheduler(prediction_type),
+        add_watermarker=False,
     )
 
 

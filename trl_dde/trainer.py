@@ -34,7 +34,18 @@ from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
 from .data import AugmentedPairs, PreferenceCollator, prepare_preference_dataset
 from .hub import has_lora, load_unet_weights, save_unet_weights
-from .models import adapters_disabled, cast_module, encode_prompts, load_pipeline, load_reference_unet, prepare_unet
+from .models import (
+    adapters_disabled,
+    cast_module,
+    encode_prompts,
+    is_sdxl,
+    load_pipeline,
+    load_reference_unet,
+    load_vae,
+    prepare_unet,
+    text_encoders_of,
+    tokenizers_of,
+)
 from .schedule import add_noise, epsilon_from_prediction
 
 __all__ = ["DDEDiffusionTrainer"]
@@ -122,9 +133,14 @@ class DDEDiffusionTrainer(Trainer):
         self.base_model_name = model if isinstance(model, (str, os.PathLike)) else getattr(
             self.pipeline, "name_or_path", None
         )
-        for frozen in (self.pipeline.vae, self.pipeline.text_encoder):
+        self.is_sdxl = is_sdxl(self.pipeline)
+        if args.vae is not None:
+            self.pipeline.vae = load_vae(args.vae, revision=args.model_revision)
+        # SDXL's own VAE overflows in fp16: keep it fp32 unless the user supplied an fp16-safe one
+        vae_dtype = torch.float32 if self.is_sdxl and args.vae is None else weight_dtype
+        for frozen, dtype in ((self.pipeline.vae, vae_dtype), *((e, weight_dtype) for e in text_encoders_of(self.pipeline))):
             frozen.requires_grad_(False)
-            cast_module(frozen, weight_dtype, args.device).eval()
+            cast_module(frozen, dtype, args.device).eval()
         unet = prepare_unet(self.pipeline.unet, peft_config, weight_dtype)
         self.ref_unet = None if peft_config is not None else load_reference_unet(unet, ref_model, weight_dtype).to(args.device)
         if args.activation_checkpointing:
@@ -150,11 +166,13 @@ class DDEDiffusionTrainer(Trainer):
         if eval_dataset is not None:
             eval_dataset, _, _ = prepare_preference_dataset(eval_dataset, args)
         resolution = args.resolution or unet.config.sample_size * self.pipeline.vae_scale_factor
-        collator = PreferenceCollator(self.pipeline.tokenizer, schema, resolution, args.random_crop, args.random_flip)
+        collator = PreferenceCollator(tokenizers_of(self.pipeline), schema, resolution, args.random_crop,
+                                      args.random_flip, micro_conditioning=self.is_sdxl)
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.corrupt_skipped = 0
         self._eval_generator: torch.Generator | None = None
+        self._input_id_keys = tuple(collator.tokenize([""]).keys())
         super().__init__(
             model=unet,
             args=args,
@@ -177,16 +195,19 @@ class DDEDiffusionTrainer(Trainer):
         latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample(generator=generator)
         return latents.float() * vae.config.scaling_factor
 
-    def _predict_epsilon(self, unet, x_t, timesteps, prompt_embeds) -> torch.Tensor:
-        prediction = unet(x_t, timesteps, encoder_hidden_states=prompt_embeds).sample
+    def _predict_epsilon(self, unet, x_t, timesteps, conditioning: dict) -> torch.Tensor:
+        prediction = unet(x_t, timesteps, **conditioning).sample
         return epsilon_from_prediction(prediction.float(), x_t, timesteps, self.alphas_cumprod, self.prediction_type)
 
     @torch.no_grad()
-    def _reference_epsilon(self, model, x_t, timesteps, prompt_embeds) -> torch.Tensor:
-        if self.ref_unet is not None:
-            return self._predict_epsilon(self.ref_unet, x_t, timesteps, prompt_embeds.to(self.ref_unet.dtype))
-        with adapters_disabled(_unwrap(model)):
-            return self._predict_epsilon(model, x_t, timesteps, prompt_embeds)
+    def _reference_epsilon(self, model, x_t, timesteps, conditioning: dict) -> torch.Tensor:
+        if self.ref_unet is None:
+            with adapters_disabled(_unwrap(model)):
+                return self._predict_epsilon(model, x_t, timesteps, conditioning)
+        dtype = self.ref_unet.dtype  # the frozen copy may be stored in bf16/fp16
+        cast = lambda tree: tree.to(dtype) if torch.is_tensor(tree) else {k: cast(v) for k, v in tree.items()}  # noqa: E731
+        prediction = self.ref_unet(x_t.to(dtype), timesteps, **cast(conditioning)).sample
+        return epsilon_from_prediction(prediction.float(), x_t, timesteps, self.alphas_cumprod, self.prediction_type)
 
     def _preference_loss(self, z: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
         """Per-pair loss from the margin; ``preference`` is 1 for decided pairs and 0.5 for kept ties."""
@@ -208,14 +229,16 @@ class DDEDiffusionTrainer(Trainer):
         # evaluation draws from its own seeded generator: comparable across evaluations, training RNG untouched
         generator = None if model.training else self._eval_generator
         latents = self._encode_images(torch.cat([inputs["pixel_values_w"], inputs["pixel_values_l"]]), generator)
-        prompt_embeds = encode_prompts(self.pipeline, inputs["input_ids"]).to(latents.device)
+        prompts = encode_prompts(self.pipeline, tuple(inputs[key] for key in self._input_id_keys))
         x0_w, x0_l = latents.chunk(2)
         noise = torch.randn(x0_w.shape, generator=generator, device=x0_w.device, dtype=x0_w.dtype)
         timesteps = self.credit.sample_timesteps(pairs, device=latents.device, generator=generator)
         if self.args.loss_type == "sft":
-            loss = self._sft_loss(model, x0_w, noise, timesteps, prompt_embeds, mode)
+            loss = self._sft_loss(model, x0_w, noise, timesteps, prompts.unet_kwargs(1, inputs.get("time_ids_w")), mode)
         else:
-            loss = self._dpo_loss(model, x0_w, x0_l, noise, timesteps, prompt_embeds, inputs["preference"], mode)
+            time_ids = torch.cat([inputs["time_ids_w"], inputs["time_ids_l"]]) if self.is_sdxl else None
+            conditioning = prompts.unet_kwargs(2, time_ids)  # winners then losers
+            loss = self._dpo_loss(model, x0_w, x0_l, noise, timesteps, conditioning, inputs["preference"], mode)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"The loss became {loss.item()} at step {self.state.global_step + 1}. Training stopped before the "
@@ -224,19 +247,19 @@ class DDEDiffusionTrainer(Trainer):
             )
         return (loss, {}) if return_outputs else loss
 
-    def _sft_loss(self, model, x0_w, noise, timesteps, prompt_embeds, mode):
+    def _sft_loss(self, model, x0_w, noise, timesteps, conditioning, mode):
         """The paper's SFT baseline: the plain denoising loss on the preferred images only."""
         xt_w = add_noise(x0_w, noise, timesteps, self.alphas_cumprod)
-        eps_w = self._predict_epsilon(model, xt_w, timesteps, prompt_embeds)
+        eps_w = self._predict_epsilon(model, xt_w, timesteps, conditioning)
         mse = squared_error(eps_w, noise)
         self._log_metrics(mode, {"mse/policy_chosen": mse.detach(), "timestep": timesteps.float()})
         return mse.mean()
 
-    def _dpo_loss(self, model, x0_w, x0_l, noise, timesteps, prompt_embeds, preference, mode):
+    def _dpo_loss(self, model, x0_w, x0_l, noise, timesteps, conditioning, preference, mode):
         both = lambda t: torch.cat([t, t])  # noqa: E731 - winners and losers share noise, τ and prompt
         x_t = add_noise(torch.cat([x0_w, x0_l]), both(noise), both(timesteps), self.alphas_cumprod)
-        eps = self._predict_epsilon(model, x_t, both(timesteps), both(prompt_embeds))
-        eps_ref = self._reference_epsilon(model, x_t, both(timesteps), both(prompt_embeds))
+        eps = self._predict_epsilon(model, x_t, both(timesteps), conditioning)
+        eps_ref = self._reference_epsilon(model, x_t, both(timesteps), conditioning)
         xt_w, xt_l = x_t.chunk(2)
         eps_w, eps_l = eps.chunk(2)
         eps_ref_w, eps_ref_l = eps_ref.chunk(2)
