@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 
 from trl_dde import DDEDiffusionTrainer
 from trl_dde.data import AugmentedPairs, PreferenceCollator, detect_schema, load_image, paired_transform, schemas_from_args
-from trl_dde.tiny import tiny_preference_dataset, tiny_tokenizer
+from trl_dde.tiny import tiny_preference_dataset, tiny_sd15_pipeline, tiny_tokenizer
 
 
 def test_missing_columns_are_named_with_the_accepted_schemas(tmp_path, pipeline):
@@ -137,3 +137,34 @@ def test_micro_conditioning_follows_the_paired_crop_and_flip():
     assert {flipped for flipped, _ in seen} == {False, True} and len(seen) > 4
     _, plain_ids = paired_transform((image, image), 10)
     assert plain_ids[0].tolist() == [20, 40, 0, 5, 10, 10]
+
+
+def streaming_run(tmp_path, name, stop_at=None, resume=None):
+    from test_saving import StopAt
+
+    data = tiny_preference_dataset(12, tie_every=4).to_dict()
+    data["jpg_0"][5] = b"corrupt"
+    stream = Dataset.from_dict(data, features=tiny_preference_dataset(1).features).to_iterable_dataset(num_shards=2)
+    args = make_args(tmp_path, output_dir=str(tmp_path / name), max_steps=6, per_device_train_batch_size=3,
+                     save_strategy="steps", save_steps=3, credit="dde", random_flip=True)
+    trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(), args=args,
+                                  train_dataset=stream, peft_config=lora_config(), callbacks=[StopAt(stop_at)] if stop_at else None)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_streaming_dataset_trains_for_max_steps_counting_ties_and_corrupt_rows(tmp_path):
+    trainer = streaming_run(tmp_path, "stream")
+    assert trainer.state.global_step == 6
+    # 6 steps x 3 rows = 18 rows = one and a half passes over 12 rows holding 3 ties and 1 corrupt row
+    assert trainer.ties_dropped >= 3 and trainer.corrupt_skipped >= 1
+    assert trainer.state.log_history[-2]["data/ties_dropped"] == trainer.ties_dropped
+
+
+def test_streaming_resume_continues_exactly(tmp_path):
+    straight = streaming_run(tmp_path, "straight")
+    streaming_run(tmp_path, "interrupted", stop_at=3)
+    resumed = streaming_run(tmp_path, "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-3"))
+    assert torch.equal(resumed.credit.ratios, straight.credit.ratios)
+    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), name

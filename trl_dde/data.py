@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from datasets import Dataset, Image
+from datasets import Dataset, Image, IterableDataset
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 __all__ = [
     "AUGMENTATION_SEED",
     "AugmentedPairs",
+    "AugmentedStream",
+    "augmentation_seed",
     "PreferenceCollator",
     "PreferenceSchema",
     "detect_schema",
@@ -83,13 +85,19 @@ def prepare_preference_dataset(dataset: Dataset, args) -> tuple[Dataset, Prefere
     """Check the schema, drop ties (when ``args.drop_ties``) and keep image columns undecoded.
 
     Returns the dataset, its schema and the number of ties dropped. Refuses a dataset that is left empty.
+    A streaming ``IterableDataset`` is checked against its first row and returned lazily; its ties are
+    dropped by the collator.
     """
-    schema = detect_schema(dataset.column_names, schemas_from_args(args))
+    streaming = isinstance(dataset, IterableDataset)
+    columns = dataset.column_names if dataset.column_names is not None else list(next(iter(dataset)))
+    schema = detect_schema(columns, schemas_from_args(args))
     dataset = dataset.select_columns(list(schema.columns))
     for column in schema.image_columns:
-        if isinstance(dataset.features[column], Image):
+        if dataset.features is not None and isinstance(dataset.features[column], Image):
             dataset = dataset.cast_column(column, Image(decode=False))
     ties_dropped = 0
+    if streaming:  # no length, no upfront pass: the collator drops and counts ties as they stream by
+        return dataset, schema, ties_dropped
     if schema.kind == "pickapic" and args.drop_ties:
         before = len(dataset)
         dataset = dataset.filter(
@@ -128,6 +136,11 @@ def load_image(value) -> PILImage.Image:
         raise ValueError(f"Undecodable image: {error}") from error
 
 
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of row ``index`` in ``epoch``: a hash, independent of draw order and workers."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
 class AugmentedPairs(torch.utils.data.Dataset):
     """Map-style view of a preference dataset that tags every row with its own augmentation seed.
 
@@ -148,9 +161,24 @@ class AugmentedPairs(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        row = dict(self.dataset[index])
-        row[AUGMENTATION_SEED] = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        return row
+        return {**self.dataset[index], AUGMENTATION_SEED: augmentation_seed(self.seed, self.epoch, index)}
+
+
+class AugmentedStream(torch.utils.data.IterableDataset):
+    """The streaming counterpart of ``AugmentedPairs`` for a ``datasets.IterableDataset``: rows are tagged
+    with ``augmentation_seed(seed, epoch, position in the stream)``; ``set_epoch`` reaches the stream too
+    (its shuffling follows the epoch)."""
+
+    def __init__(self, dataset: IterableDataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        for index, row in enumerate(self.dataset):
+            yield {**row, AUGMENTATION_SEED: augmentation_seed(self.seed, self.epoch, index)}
 
 
 def paired_transform(
@@ -191,8 +219,9 @@ def paired_transform(
 class PreferenceCollator:
     """Turns rows into a batch: ``pixel_values_w``/``pixel_values_l`` ``[B, 3, R, R]``, ``input_ids`` (and
     ``input_ids_2`` for a second tokenizer) ``[B, 77]``, ``preference`` ``[B]`` (1.0 decided, 0.5 tie),
-    ``num_corrupt`` (rows skipped because an image could not be decoded; the trainer counts them) and, with
-    ``micro_conditioning``, SDXL's ``time_ids_w``/``time_ids_l`` ``[B, 6]``."""
+    ``num_corrupt`` (rows skipped because an image could not be decoded), ``num_ties`` (tied rows skipped
+    with ``drop_ties``, for streams that were not filtered beforehand) and, with ``micro_conditioning``,
+    SDXL's ``time_ids_w``/``time_ids_l`` ``[B, 6]``."""
 
     tokenizers: tuple
     schema: PreferenceSchema
@@ -200,6 +229,7 @@ class PreferenceCollator:
     random_crop: bool = False
     random_flip: bool = False
     micro_conditioning: bool = False
+    drop_ties: bool = False
 
     def _orient(self, row) -> tuple[object, object, float]:
         """(winner image, loser image, preference) of a row."""
@@ -227,8 +257,12 @@ class PreferenceCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         pixels, conditioning, prompts, preferences = [], [], [], []
+        ties = 0
         for row in rows:
             winner, loser, preference = self._orient(row)
+            if preference == TIE and self.drop_ties:
+                ties += 1
+                continue
             try:
                 pair = (load_image(winner), load_image(loser))
             except ValueError:
@@ -247,7 +281,8 @@ class PreferenceCollator:
             "pixel_values_l": stacked[:, 1],
             **self.tokenize(prompts),
             "preference": torch.tensor(preferences, dtype=torch.float32),
-            "num_corrupt": torch.tensor(len(rows) - len(pixels)),
+            "num_corrupt": torch.tensor(len(rows) - ties - len(pixels)),
+            "num_ties": torch.tensor(ties),
         }
         if self.micro_conditioning:
             time_ids = torch.stack(conditioning) if conditioning else torch.zeros(0, 2, 6)

@@ -23,6 +23,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
+from datasets.distributed import split_dataset_by_node
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import Trainer
@@ -32,7 +33,7 @@ from .card import HYPERPARAMETERS, ModelCardData, render_model_card
 from .config import DDEConfig
 from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
-from .data import AugmentedPairs, PreferenceCollator, prepare_preference_dataset
+from .data import AugmentedPairs, AugmentedStream, PreferenceCollator, prepare_preference_dataset
 from .hub import has_lora, load_unet_weights, save_unet_weights
 from .models import (
     adapters_disabled,
@@ -162,12 +163,19 @@ class DDEDiffusionTrainer(Trainer):
         self.credit = credit.to(args.device)
 
         train_dataset, schema, self.ties_dropped = prepare_preference_dataset(train_dataset, args)
-        train_dataset = AugmentedPairs(train_dataset, args.seed)
+        if isinstance(train_dataset, IterableDataset):
+            # every rank reads its own shard of the stream; dispatching (rank 0 reads and broadcasts batches)
+            # would ship decoded images between processes each step and needs equal-sized batches
+            train_dataset = split_dataset_by_node(train_dataset, rank=args.process_index, world_size=args.world_size)
+            args.accelerator_config.dispatch_batches = False
+            train_dataset = AugmentedStream(train_dataset, args.seed)
+        else:
+            train_dataset = AugmentedPairs(train_dataset, args.seed)
         if eval_dataset is not None:
             eval_dataset, _, _ = prepare_preference_dataset(eval_dataset, args)
         resolution = args.resolution or unet.config.sample_size * self.pipeline.vae_scale_factor
         collator = PreferenceCollator(tokenizers_of(self.pipeline), schema, resolution, args.random_crop,
-                                      args.random_flip, micro_conditioning=self.is_sdxl)
+                                      args.random_flip, micro_conditioning=self.is_sdxl, drop_ties=args.drop_ties)
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.corrupt_skipped = 0
@@ -221,7 +229,7 @@ class DDEDiffusionTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        self._count_corrupt(inputs["num_corrupt"], mode)
+        self._count_skipped(inputs, mode)
         pairs = inputs["pixel_values_w"].shape[0]
         if pairs == 0:  # every row of this batch was corrupt: a zero loss that still touches the graph
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
@@ -307,10 +315,13 @@ class DDEDiffusionTrainer(Trainer):
         for key, value in values.items():
             self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value).float().mean().item())
 
-    def _count_corrupt(self, num_corrupt: torch.Tensor, mode: str) -> None:
-        count = int(self.accelerator.gather(num_corrupt.reshape(1).to(self.accelerator.device)).sum())
+    def _count_skipped(self, inputs: dict, mode: str) -> None:
+        """Add the batch's corrupt and (streamed) tied rows, over all processes, to the training counters."""
+        counts = torch.stack([inputs["num_corrupt"], inputs["num_ties"]]).to(self.accelerator.device)
+        corrupt, ties = self.accelerator.gather(counts.reshape(1, 2)).sum(dim=0).tolist()
         if mode == "train":
-            self.corrupt_skipped += count
+            self.corrupt_skipped += corrupt
+            self.ties_dropped += ties
 
     def _drain_metrics(self, mode: str) -> dict[str, float]:
         """Averages of the metrics buffered since the last log, then an empty buffer."""
