@@ -11,7 +11,15 @@ from datasets import Dataset
 from PIL import Image as PILImage
 
 from trl_dde import DDEDiffusionTrainer
-from trl_dde.data import AugmentedPairs, PreferenceCollator, detect_schema, load_image, paired_transform, schemas_from_args
+from trl_dde.data import (
+    AugmentedPairs,
+    PreferenceCollator,
+    detect_schema,
+    draw_augmentation,
+    load_image,
+    paired_transform,
+    schemas_from_args,
+)
 from trl_dde.tiny import tiny_preference_dataset, tiny_sd15_pipeline, tiny_tokenizer
 
 
@@ -88,13 +96,13 @@ def test_paired_transform_crops_and_flips_both_images_identically():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
     pair = (load_image(image_bytes(a)), load_image(image_bytes(a.copy())))
-    outputs = {paired_transform(pair, 16, True, True, random.Random(seed))[0][0].sum().item() for seed in range(20)}
+    outputs = {paired_transform(pair, 16, *draw_augmentation(random.Random(seed), True, True))[0][0].sum().item() for seed in range(20)}
     assert len(outputs) > 4  # the augmentation really varies with the seed
     for seed in range(20):
-        both, time_ids = paired_transform(pair, 16, True, True, random.Random(seed))
+        both, time_ids = paired_transform(pair, 16, *draw_augmentation(random.Random(seed), True, True))
         assert both.shape == (2, 3, 16, 16) and torch.equal(both[0], both[1]) and torch.equal(time_ids[0], time_ids[1])
     centred, _ = paired_transform(pair, 16)
-    flipped_only = [paired_transform(pair, 16, False, True, random.Random(s))[0] for s in range(10)]
+    flipped_only = [paired_transform(pair, 16, *draw_augmentation(random.Random(s), False, True))[0] for s in range(10)]
     assert any(torch.equal(f[0], centred[0].flip(-1)) for f in flipped_only)
     assert any(torch.equal(f[0], centred[0]) for f in flipped_only)
 
@@ -123,7 +131,7 @@ def test_micro_conditioning_follows_the_paired_crop_and_flip():
     resized = image.resize((20, 10), PILImage.Resampling.BILINEAR)
     seen = set()
     for seed in range(40):
-        pixels, time_ids = paired_transform((image, image), 10, True, True, random.Random(seed))
+        pixels, time_ids = paired_transform((image, image), 10, *draw_augmentation(random.Random(seed), True, True))
         original_h, original_w, top, left, target_h, target_w = time_ids[0].tolist()
         assert (original_h, original_w, top, target_h, target_w) == (20, 40, 0, 10, 10)
         flipped = bool(pixels[0, 0, 0, 0] > pixels[0, 0, 0, -1])  # the gradient runs the other way

@@ -36,6 +36,9 @@ class DDEConfig(TrainingArguments):
         resolution (`int`, *optional*): training image size; defaults to the UNet's native size.
         random_crop / random_flip (`bool`): paired augmentation, identical for winner and loser.
         drop_ties (`bool`, defaults to `True`): drop Pick-a-Pic pairs with `label_0 == 0.5`.
+        precompute_latents (`bool`): encode images and prompts once before training (see `docs/data.md`), with
+            `precompute_flip`, `precompute_vae` (`sample`/`mean`), `precompute_dtype`, `precompute_batch_size`,
+            `precompute_cache_dir`.
         caption_column, image_0_column, image_1_column, label_0_column: Pick-a-Pic v2 column names.
         prompt_column, chosen_column, rejected_column: paired-schema column names.
 
@@ -91,6 +94,26 @@ class DDEConfig(TrainingArguments):
         default=True,
         metadata={"help": "Drop tied Pick-a-Pic pairs (label_0 == 0.5). If False they train with a soft label of 0.5."},
     )
+    precompute_latents: bool = field(
+        default=False,
+        metadata={"help": "Encode all images (VAE) and prompts (text encoders) once before training, cached on disk "
+                          "by datasets; train without the VAE and text encoders on the device. Centre crops only."},
+    )
+    precompute_flip: bool = field(
+        default=False, metadata={"help": "Also cache the mirrored images so random_flip works with precompute_latents."}
+    )
+    precompute_vae: str = field(
+        default="sample",
+        metadata={"help": "Cache the VAE posterior (mean and log-variance; a latent is sampled each step, as on the "
+                          "fly) or only its mean (half the disk).", "choices": ["sample", "mean"]},
+    )
+    precompute_dtype: str = field(
+        default="float16", metadata={"help": "Storage dtype of the cache.", "choices": ["float16", "float32"]}
+    )
+    precompute_batch_size: int = field(default=16, metadata={"help": "Batch size of the encoding pass."})
+    precompute_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where cache files go (default: the datasets cache, subfolder trl-dde)."}
+    )
     caption_column: str = field(default="caption", metadata={"help": "Pick-a-Pic schema: prompt column."})
     image_0_column: str = field(default="jpg_0", metadata={"help": "Pick-a-Pic schema: first image column."})
     image_1_column: str = field(default="jpg_1", metadata={"help": "Pick-a-Pic schema: second image column."})
@@ -124,6 +147,12 @@ class DDEConfig(TrainingArguments):
             raise ValueError(f"beta must be positive, got {self.beta}.")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns=True would drop the image columns; DDEConfig needs it False.")
+        if self.precompute_latents and self.random_crop:
+            raise ValueError("random_crop cannot be applied to precomputed latents (images are encoded once, centre-"
+                             "cropped). Set random_crop=False, or precompute_latents=False.")
+        if self.precompute_latents and self.random_flip and not self.precompute_flip:
+            raise ValueError("random_flip with precompute_latents needs the mirrored images cached too: set "
+                             "precompute_flip=True (twice the image cache), or random_flip=False.")
         if self.timestep_range is not None:
             if len(self.timestep_range) != 2:
                 raise ValueError(f"timestep_range must be [lo, hi), got {self.timestep_range}.")

@@ -31,6 +31,7 @@ __all__ = [
     "PreferenceCollator",
     "PreferenceSchema",
     "detect_schema",
+    "draw_augmentation",
     "load_image",
     "paired_transform",
     "prepare_preference_dataset",
@@ -181,30 +182,34 @@ class AugmentedStream(torch.utils.data.IterableDataset):
             yield {**row, AUGMENTATION_SEED: augmentation_seed(self.seed, self.epoch, index)}
 
 
+def draw_augmentation(rng: random.Random | None, random_crop: bool, random_flip: bool) -> tuple[tuple[float, float], bool]:
+    """One pair's crop position (fractions of the free margin, top then left) and flip. Without ``rng``
+    (evaluation) the crop is centred and nothing is flipped."""
+    crop = (rng.random(), rng.random()) if (random_crop and rng) else (0.5, 0.5)
+    flip = bool(random_flip and rng and rng.random() < 0.5)
+    return crop, flip
+
+
 def paired_transform(
     images: tuple[PILImage.Image, PILImage.Image],
     resolution: int,
-    random_crop: bool = False,
-    random_flip: bool = False,
-    rng: random.Random | None = None,
+    crop: tuple[float, float] = (0.5, 0.5),
+    flip: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize (shorter side → ``resolution``), crop and flip the two images of a pair *identically*.
 
     Returns pixels ``[2, 3, R, R]`` in ``[-1, 1]`` and SDXL micro-conditioning ``[2, 6]``
     (``original_h, original_w, crop_top, crop_left, R, R`` of each image; the crop's top-left in resized
-    pixels, mirrored when the pair is flipped). Without ``rng`` the crop is centred and nothing is flipped;
-    with it, crop offsets are drawn once as fractions of the free margin and the flip once, for both images.
+    pixels, mirrored when the pair is flipped). ``crop`` places the crop as fractions of the free margin.
     """
-    crop_fraction = [rng.random(), rng.random()] if (random_crop and rng) else [0.5, 0.5]
-    flip = bool(random_flip and rng and rng.random() < 0.5)
     tensors, conditioning = [], []
     for image in images:
         original_height, original_width = image.height, image.width
         scale = resolution / min(image.size)
         width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
         image = image.resize((width, height), PILImage.Resampling.BILINEAR)
-        left = round(crop_fraction[1] * (width - resolution))
-        top = round(crop_fraction[0] * (height - resolution))
+        left = round(crop[1] * (width - resolution))
+        top = round(crop[0] * (height - resolution))
         image = image.crop((left, top, left + resolution, top + resolution))
         if flip:
             image = image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
@@ -269,7 +274,8 @@ class PreferenceCollator:
                 continue
             seed = row.get(AUGMENTATION_SEED)
             rng = random.Random(seed) if seed is not None else None  # rows without a seed (eval) are not augmented
-            pair_pixels, pair_conditioning = paired_transform(pair, self.resolution, self.random_crop, self.random_flip, rng)
+            crop, flip = draw_augmentation(rng, self.random_crop, self.random_flip)
+            pair_pixels, pair_conditioning = paired_transform(pair, self.resolution, crop, flip)
             pixels.append(pair_pixels)
             conditioning.append(pair_conditioning)
             prompts.append(row[self.schema.prompt] or "")

@@ -47,6 +47,7 @@ from .models import (
     text_encoders_of,
     tokenizers_of,
 )
+from .precompute import CachedPairCollator, cached_prompt_embeddings, precompute_preference_dataset, sample_latents
 from .schedule import add_noise, epsilon_from_prediction
 
 __all__ = ["DDEDiffusionTrainer"]
@@ -162,25 +163,12 @@ class DDEDiffusionTrainer(Trainer):
             )
         self.credit = credit.to(args.device)
 
-        train_dataset, schema, self.ties_dropped = prepare_preference_dataset(train_dataset, args)
-        if isinstance(train_dataset, IterableDataset):
-            # every rank reads its own shard of the stream; dispatching (rank 0 reads and broadcasts batches)
-            # would ship decoded images between processes each step and needs equal-sized batches
-            train_dataset = split_dataset_by_node(train_dataset, rank=args.process_index, world_size=args.world_size)
-            args.accelerator_config.dispatch_batches = False
-            train_dataset = AugmentedStream(train_dataset, args.seed)
-        else:
-            train_dataset = AugmentedPairs(train_dataset, args.seed)
-        if eval_dataset is not None:
-            eval_dataset, _, _ = prepare_preference_dataset(eval_dataset, args)
-        resolution = args.resolution or unet.config.sample_size * self.pipeline.vae_scale_factor
-        collator = PreferenceCollator(tokenizers_of(self.pipeline), schema, resolution, args.random_crop,
-                                      args.random_flip, micro_conditioning=self.is_sdxl, drop_ties=args.drop_ties)
+        self.weight_dtype = weight_dtype
+        train_dataset, eval_dataset, collator = self._prepare_data(train_dataset, eval_dataset, args)
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self.corrupt_skipped = 0
         self._eval_generator: torch.Generator | None = None
-        self._input_id_keys = tuple(collator.tokenize([""]).keys())
+        self._input_id_keys = tuple(f"input_ids{'' if i == 0 else f'_{i + 1}'}" for i in range(len(tokenizers_of(self.pipeline))))
         super().__init__(
             model=unet,
             args=args,
@@ -194,6 +182,42 @@ class DDEDiffusionTrainer(Trainer):
             # transformers seeds every rank alike, so ranks would draw the same noise and timesteps; give each
             # its own stream (checkpointed per rank). Data order stays shared: accelerate syncs the sampler.
             set_seed(args.seed, device_specific=True)
+
+    def _prepare_data(self, train_dataset, eval_dataset, args: DDEConfig):
+        """Schema check and tie filtering, the collator, the optional precompute pass, augmentation seeds."""
+        train_dataset, schema, self.ties_dropped = prepare_preference_dataset(train_dataset, args)
+        if eval_dataset is not None:
+            eval_dataset, _, _ = prepare_preference_dataset(eval_dataset, args)
+        self.corrupt_skipped = 0
+        resolution = args.resolution or self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+        collator = PreferenceCollator(tokenizers_of(self.pipeline), schema, resolution, args.random_crop,
+                                      args.random_flip, micro_conditioning=self.is_sdxl, drop_ties=args.drop_ties)
+        self.precomputed = None
+        if args.precompute_latents:
+            if isinstance(train_dataset, IterableDataset) or isinstance(eval_dataset, IterableDataset):
+                raise ValueError("precompute_latents needs a map-style dataset; a stream cannot be encoded ahead of "
+                                 "time. Set precompute_latents=False, or load the data without streaming.")
+            splits = [train_dataset] + ([eval_dataset] if eval_dataset is not None else [])
+            self.precomputed = precompute_preference_dataset(
+                splits, collator, self.pipeline, flip=args.precompute_flip, vae_mode=args.precompute_vae,
+                dtype=getattr(torch, args.precompute_dtype), batch_size=args.precompute_batch_size,
+                cache_dir=args.precompute_cache_dir,
+            )
+            train_dataset = self.precomputed.pairs[0]
+            eval_dataset = self.precomputed.pairs[1] if eval_dataset is not None else None
+            self.corrupt_skipped = self.precomputed.corrupt_skipped[0]
+            collator = CachedPairCollator(self.precomputed.prompts, self.is_sdxl, args.random_flip, args.precompute_flip)
+            for encoder in (self.pipeline.vae, *text_encoders_of(self.pipeline)):
+                encoder.to("cpu")  # training reads the cache: the encoders leave the device
+        if isinstance(train_dataset, IterableDataset):
+            # every rank reads its own shard of the stream; dispatching (rank 0 reads and broadcasts batches)
+            # would ship decoded images between processes each step and needs equal-sized batches
+            train_dataset = split_dataset_by_node(train_dataset, rank=args.process_index, world_size=args.world_size)
+            args.accelerator_config.dispatch_batches = False
+            train_dataset = AugmentedStream(train_dataset, args.seed)
+        else:
+            train_dataset = AugmentedPairs(train_dataset, args.seed)
+        return train_dataset, eval_dataset, collator
 
     # ---- the step ----------------------------------------------------------------------------------
 
@@ -230,14 +254,19 @@ class DDEDiffusionTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         self._count_skipped(inputs, mode)
-        pairs = inputs["pixel_values_w"].shape[0]
+        pairs = inputs["preference"].shape[0]
         if pairs == 0:  # every row of this batch was corrupt: a zero loss that still touches the graph
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, {}) if return_outputs else loss
         # evaluation draws from its own seeded generator: comparable across evaluations, training RNG untouched
         generator = None if model.training else self._eval_generator
-        latents = self._encode_images(torch.cat([inputs["pixel_values_w"], inputs["pixel_values_l"]]), generator)
-        prompts = encode_prompts(self.pipeline, tuple(inputs[key] for key in self._input_id_keys))
+        if self.precomputed is not None:
+            posteriors = torch.cat([inputs["posterior_w"], inputs["posterior_l"]]).float()
+            latents = sample_latents(posteriors, self.precomputed.vae_mode, generator) * self.pipeline.vae.config.scaling_factor
+            prompts = cached_prompt_embeddings(inputs, self.weight_dtype)
+        else:
+            latents = self._encode_images(torch.cat([inputs["pixel_values_w"], inputs["pixel_values_l"]]), generator)
+            prompts = encode_prompts(self.pipeline, tuple(inputs[key] for key in self._input_id_keys))
         x0_w, x0_l = latents.chunk(2)
         noise = torch.randn(x0_w.shape, generator=generator, device=x0_w.device, dtype=x0_w.dtype)
         timesteps = self.credit.sample_timesteps(pairs, device=latents.device, generator=generator)
