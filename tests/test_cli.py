@@ -9,7 +9,7 @@ import yaml
 from conftest import LORA_TARGETS
 from diffusers import StableDiffusionPipeline
 
-from trl_dde.cli import main
+from trl_dde.cli import main, train
 from trl_dde.tiny import tiny_preference_dataset
 
 
@@ -74,7 +74,7 @@ def test_example_configs_parse_into_ddeconfig():
     from trl_dde import DDEConfig
     from trl_dde.cli import ScriptArguments
 
-    for name in ("sd15_lora.yaml", "sd15_full_8bit.yaml"):
+    for name in ("sd15_lora.yaml", "sdxl_lora.yaml", "sd15_full_8bit.yaml"):
         script, args = TrlParser((ScriptArguments, DDEConfig)).parse_args_and_config(
             ["--config", f"examples/{name}", "--use_cpu", "true", "--bf16", "false", "--optim", "adamw_torch"])
         assert script.model_name_or_path and script.dataset_name == "yuvalkirstain/pickapic_v2"
@@ -97,3 +97,13 @@ def test_compare_script_runs_strategies_on_equal_terms(tmp_path, pipeline_folder
 
     table = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert set(table) == {"uniform", "dde-single"} and all("implicit_acc" in row for row in table.values())
+
+
+def test_train_cli_streams_a_local_dataset(tmp_path, pipeline_folder):
+    data_folder = tmp_path / "pairs"
+    tiny_preference_dataset(8).save_to_disk(str(data_folder))
+    trainer = train([
+        "--model_name_or_path", pipeline_folder, "--dataset_name", str(data_folder), "--dataset_streaming", "true",
+        "--use_peft", "true", "--max_steps", "2", "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "run"),
+        "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"])
+    assert trainer.state.global_step == 2 and (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()

@@ -27,6 +27,9 @@ class ScriptArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_streaming: bool = field(
+        default=False, metadata={"help": "Stream the training split (datasets IterableDataset; needs max_steps)."}
+    )
     eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on (optional)."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full UNet."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -37,14 +40,15 @@ class ScriptArguments:
     )
 
 
-def load_preference_split(name: str, config: str | None, split: str):
-    """A split from a ``save_to_disk`` folder or anything ``datasets.load_dataset`` reads."""
+def load_preference_split(name: str, config: str | None, split: str, streaming: bool = False):
+    """A split from a ``save_to_disk`` folder or anything ``datasets.load_dataset`` reads, optionally streamed."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     if os.path.isdir(name) and any(os.path.isfile(os.path.join(name, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
         dataset = load_from_disk(name)
-        return dataset[split] if isinstance(dataset, DatasetDict) else dataset
-    return load_dataset(name, config, split=split)
+        dataset = dataset[split] if isinstance(dataset, DatasetDict) else dataset
+        return dataset.to_iterable_dataset(num_shards=max(1, dataset.num_rows // 1000)) if streaming else dataset
+    return load_dataset(name, config, split=split, streaming=streaming)
 
 
 def train(argv: list[str]):
@@ -59,11 +63,14 @@ def train(argv: list[str]):
     script, args = parser.parse_args_and_config(argv)
     if not script.model_name_or_path or not script.dataset_name:
         parser.error("--model_name_or_path and --dataset_name are required (flags or YAML keys).")
+    if script.dataset_streaming and args.max_steps <= 0:
+        parser.error("--dataset_streaming needs --max_steps: a stream has no length.")
     peft_config = None
     if script.use_peft:
         peft_config = LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, lora_dropout=script.lora_dropout,
                                  init_lora_weights="gaussian", target_modules=script.lora_target_modules)
-    train_dataset = load_preference_split(script.dataset_name, script.dataset_config, script.dataset_split)
+    train_dataset = load_preference_split(script.dataset_name, script.dataset_config, script.dataset_split,
+                                          script.dataset_streaming)
     eval_dataset = (load_preference_split(script.dataset_name, script.dataset_config, script.eval_split)
                     if script.eval_split else None)
     trainer = DDEDiffusionTrainer(script.model_name_or_path, ref_model=script.ref_model, args=args,
