@@ -179,3 +179,16 @@ def test_reference_model_from_a_folder(tmp_path, pickapic, form):
     trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), ref_model=str(folder), args=make_args(tmp_path), train_dataset=pickapic)
     for (name, a), (_, b) in zip(trainer.ref_unet.named_parameters(), other.unet.named_parameters()):
         assert torch.equal(a, b), name
+
+
+def test_torch_dtype_and_variant_reach_from_pretrained(tmp_path, pickapic):
+    from trl_dde.tiny import tiny_sd15_pipeline
+
+    folder = tmp_path / "fp16-variant"
+    tiny_sd15_pipeline().save_pretrained(folder, variant="fp16")
+    args = make_args(tmp_path, torch_dtype="bfloat16", model_variant="fp16", bf16=True)
+    trainer = DDEDiffusionTrainer(str(folder), args=args, train_dataset=pickapic, peft_config=lora_config())
+    assert trainer.pipeline.text_encoder.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for n, p in trainer.model.named_parameters() if p.requires_grad)
+    full = DDEDiffusionTrainer(str(folder), args=args, train_dataset=pickapic)
+    assert all(p.dtype == torch.float32 for p in full.model.parameters()) and full.ref_unet.dtype == torch.bfloat16

@@ -45,7 +45,7 @@ class DDEConfig(TrainingArguments):
         > Model
 
         vae (`str`, *optional*): replacement VAE, e.g. an fp16-safe SDXL VAE (SDXL's own VAE stays fp32).
-        model_revision / model_variant: passed to `from_pretrained` when `model` is a hub id or folder.
+        torch_dtype / model_revision / model_variant: passed to `from_pretrained` when `model` is a hub id or folder.
     """
 
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "credit_kwargs"]
@@ -129,6 +129,11 @@ class DDEConfig(TrainingArguments):
         default=None,
         metadata={"help": "Replacement VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix. SDXL's own VAE "
                           "is kept in fp32; a VAE given here runs in the mixed-precision dtype."},
+    )
+    torch_dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype the pipeline's weights are loaded in (default: as stored). Trainable weights are "
+                          "fp32 whatever this says.", "choices": ["float32", "float16", "bfloat16"]},
     )
     model_revision: str | None = field(default=None, metadata={"help": "Revision of the model to load."})
     model_variant: str | None = field(default=None, metadata={"help": "Weights variant to load, e.g. fp16."})

@@ -32,6 +32,7 @@ __all__ = [
     "PreferenceSchema",
     "detect_schema",
     "draw_augmentation",
+    "input_ids_keys",
     "load_image",
     "paired_transform",
     "prepare_preference_dataset",
@@ -220,6 +221,11 @@ def paired_transform(
     return torch.stack(tensors), torch.tensor(conditioning, dtype=torch.float32)
 
 
+def input_ids_keys(count: int) -> tuple[str, ...]:
+    """Batch keys of the token ids of ``count`` tokenizers: ``input_ids``, ``input_ids_2``, ..."""
+    return tuple("input_ids" if i == 0 else f"input_ids_{i + 1}" for i in range(count))
+
+
 @dataclass
 class PreferenceCollator:
     """Turns rows into a batch: ``pixel_values_w``/``pixel_values_l`` ``[B, 3, R, R]``, ``input_ids`` (and
@@ -252,9 +258,9 @@ class PreferenceCollator:
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` (and ``input_ids_2``, ...) for each tokenizer, padded to its max length."""
         ids = {}
-        for i, tokenizer in enumerate(self.tokenizers):
+        for key, tokenizer in zip(input_ids_keys(len(self.tokenizers)), self.tokenizers):
             length = tokenizer.model_max_length
-            ids["input_ids" if i == 0 else f"input_ids_{i + 1}"] = (
+            ids[key] = (
                 tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
                 if prompts else torch.zeros(0, length, dtype=torch.long)  # a batch whose images were all corrupt
             )

@@ -33,7 +33,7 @@ from .card import HYPERPARAMETERS, ModelCardData, render_model_card
 from .config import DDEConfig
 from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
-from .data import AugmentedPairs, AugmentedStream, PreferenceCollator, prepare_preference_dataset
+from .data import AugmentedPairs, AugmentedStream, PreferenceCollator, input_ids_keys, prepare_preference_dataset
 from .hub import has_lora, load_unet_weights, save_unet_weights
 from .models import (
     adapters_disabled,
@@ -101,8 +101,6 @@ class DDEDiffusionTrainer(Trainer):
         callbacks / optimizers: as in ``transformers.Trainer``.
     """
 
-    _tag_names = ["trl", "trl-dde", "diffusers", "dpo"]
-
     def __init__(
         self,
         model: str | os.PathLike | DiffusionPipeline,
@@ -131,7 +129,8 @@ class DDEDiffusionTrainer(Trainer):
         set_seed(args.seed)  # LoRA initialisation follows args.seed
 
         weight_dtype = _weight_dtype(args)
-        self.pipeline = load_pipeline(model, variant=args.model_variant, revision=args.model_revision)
+        self.pipeline = load_pipeline(model, torch_dtype=args.torch_dtype and getattr(torch, args.torch_dtype),
+                                      variant=args.model_variant, revision=args.model_revision)
         self.base_model_name = model if isinstance(model, (str, os.PathLike)) else getattr(
             self.pipeline, "name_or_path", None
         )
@@ -168,7 +167,7 @@ class DDEDiffusionTrainer(Trainer):
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._eval_generator: torch.Generator | None = None
-        self._input_id_keys = tuple(f"input_ids{'' if i == 0 else f'_{i + 1}'}" for i in range(len(tokenizers_of(self.pipeline))))
+        self._input_id_keys = input_ids_keys(len(tokenizers_of(self.pipeline)))
         super().__init__(
             model=unet,
             args=args,
@@ -253,9 +252,10 @@ class DDEDiffusionTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        self._count_skipped(inputs, mode)
         pairs = inputs["preference"].shape[0]
-        if pairs == 0:  # every row of this batch was corrupt: a zero loss that still touches the graph
+        if self._count_skipped(inputs, mode, empty=pairs == 0):
+            # a batch with no decodable pair on some process: every process skips the step together, so all
+            # of them still meet in the same collectives (gradient all-reduce, dde update, metric gathers)
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, {}) if return_outputs else loss
         # evaluation draws from its own seeded generator: comparable across evaluations, training RNG untouched
@@ -344,13 +344,15 @@ class DDEDiffusionTrainer(Trainer):
         for key, value in values.items():
             self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value).float().mean().item())
 
-    def _count_skipped(self, inputs: dict, mode: str) -> None:
-        """Add the batch's corrupt and (streamed) tied rows, over all processes, to the training counters."""
-        counts = torch.stack([inputs["num_corrupt"], inputs["num_ties"]]).to(self.accelerator.device)
-        corrupt, ties = self.accelerator.gather(counts.reshape(1, 2)).sum(dim=0).tolist()
+    def _count_skipped(self, inputs: dict, mode: str, empty: bool) -> bool:
+        """Add the batch's corrupt and (streamed) tied rows, over all processes, to the training counters;
+        return whether any process has an empty batch (one collective for both)."""
+        counts = torch.stack([inputs["num_corrupt"], inputs["num_ties"], torch.tensor(int(empty))]).to(self.accelerator.device)
+        corrupt, ties, empty_batches = self.accelerator.gather(counts.reshape(1, 3)).sum(dim=0).tolist()
         if mode == "train":
             self.corrupt_skipped += corrupt
             self.ties_dropped += ties
+        return empty_batches > 0
 
     def _drain_metrics(self, mode: str) -> dict[str, float]:
         """Averages of the metrics buffered since the last log, then an empty buffer."""
