@@ -319,8 +319,6 @@ class DDEDiffusionTrainer(Trainer):
                 "timestep": timesteps.float(),
             },
         )
-        for key, value in self.credit.metrics().items():
-            self._metrics[mode][f"credit/{key}"].append(value)
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -340,9 +338,15 @@ class DDEDiffusionTrainer(Trainer):
     # ---- metrics -----------------------------------------------------------------------------------
 
     def _log_metrics(self, mode: str, values: dict[str, torch.Tensor]) -> None:
-        """Average each per-pair tensor over all processes' pairs and buffer it until the next log."""
-        for key, value in values.items():
-            self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value).float().mean().item())
+        """Buffer the per-pair metrics of a step, averaged over every process's pairs, until the next log.
+
+        One gather for all of them, and no host synchronisation on the step's path: the averages stay
+        on the device until ``_drain_metrics`` reads them.
+        """
+        stacked = torch.stack([value.detach().float() for value in values.values()], dim=1)  # [B, K]
+        means = self.accelerator.gather_for_metrics(stacked).mean(dim=0)
+        for key, mean in zip(values, means):
+            self._metrics[mode][key].append(mean)
 
     def _count_skipped(self, inputs: dict, mode: str, empty: bool) -> bool:
         """Add the batch's corrupt and (streamed) tied rows, over all processes, to the training counters;
@@ -355,8 +359,11 @@ class DDEDiffusionTrainer(Trainer):
         return empty_batches > 0
 
     def _drain_metrics(self, mode: str) -> dict[str, float]:
-        """Averages of the metrics buffered since the last log, then an empty buffer."""
-        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        """Averages of the metrics buffered since the last log, then an empty buffer; plus the credit
+        strategy's own metrics (a snapshot of its state now)."""
+        metrics = {key: torch.stack(values).mean().item() for key, values in self._metrics[mode].items() if values}
+        if metrics and self.args.loss_type != "sft":
+            metrics.update({f"credit/{key}": value for key, value in self.credit.metrics().items()})
         self._metrics[mode].clear()
         return metrics
 
