@@ -255,6 +255,15 @@ class PreferenceCollator:
             return row[self.schema.image_b], row[self.schema.image_a], 1.0
         raise ValueError(f"{self.schema.label} must be 1, 0 or 0.5, got {label}.")
 
+    def decode_row(self, row) -> tuple[tuple[PILImage.Image, PILImage.Image], str, float] | None:
+        """``((winner, loser) images, prompt, preference)`` of a row, or ``None`` when an image does not decode."""
+        winner, loser, preference = self._orient(row)
+        try:
+            pair = (load_image(winner), load_image(loser))
+        except ValueError:
+            return None
+        return pair, row[self.schema.prompt] or "", preference
+
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` (and ``input_ids_2``, ...) for each tokenizer, padded to its max length."""
         ids = {}
@@ -270,21 +279,20 @@ class PreferenceCollator:
         pixels, conditioning, prompts, preferences = [], [], [], []
         ties = 0
         for row in rows:
-            winner, loser, preference = self._orient(row)
-            if preference == TIE and self.drop_ties:
+            if self.drop_ties and self._orient(row)[2] == TIE:
                 ties += 1
                 continue
-            try:
-                pair = (load_image(winner), load_image(loser))
-            except ValueError:
+            decoded = self.decode_row(row)
+            if decoded is None:
                 continue
+            pair, prompt, preference = decoded
             seed = row.get(AUGMENTATION_SEED)
             rng = random.Random(seed) if seed is not None else None  # rows without a seed (eval) are not augmented
             crop, flip = draw_augmentation(rng, self.random_crop, self.random_flip)
             pair_pixels, pair_conditioning = paired_transform(pair, self.resolution, crop, flip)
             pixels.append(pair_pixels)
             conditioning.append(pair_conditioning)
-            prompts.append(row[self.schema.prompt] or "")
+            prompts.append(prompt)
             preferences.append(preference)
         size = self.resolution
         stacked = torch.stack(pixels) if pixels else torch.zeros(0, 2, 3, size, size)

@@ -30,7 +30,7 @@ import torch
 from datasets import Dataset
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from .data import AUGMENTATION_SEED, PreferenceCollator, load_image, paired_transform
+from .data import AUGMENTATION_SEED, PreferenceCollator, paired_transform
 from .models import PromptEmbeddings, encode_prompts, text_encoders_of
 
 __all__ = [
@@ -126,16 +126,15 @@ def _encode_pair_batch(batch: dict, collator, pipeline, prompt_index, flip, vae_
     variants = [False, True] if flip else [False]
     pixels, time_ids, kept = {v: [] for v in variants}, {v: [] for v in variants}, []
     for row in rows:
-        winner, loser, preference = collator._orient(row)
-        try:
-            pair = (load_image(winner), load_image(loser))
-        except ValueError:
+        decoded = collator.decode_row(row)
+        if decoded is None:  # corrupt: skipped, counted by the caller from the row counts
             continue
-        for mirrored in variants:
+        pair, prompt, preference = decoded
+        for mirrored in variants:  # decoded once, transformed once per cached variant
             pair_pixels, pair_ids = paired_transform(pair, collator.resolution, flip=mirrored)
             pixels[mirrored].append(pair_pixels)
             time_ids[mirrored].append(pair_ids)
-        kept.append((row[collator.schema.prompt] or "", preference))
+        kept.append((prompt, preference))
     vae = pipeline.vae
     columns = {"prompt_index": [prompt_index[p] for p, _ in kept], "preference": [float(p) for _, p in kept]}
     for mirrored in variants:

@@ -205,7 +205,7 @@ class DDEDiffusionTrainer(Trainer):
             train_dataset = self.precomputed.pairs[0]
             eval_dataset = self.precomputed.pairs[1] if eval_dataset is not None else None
             self.corrupt_skipped = self.precomputed.corrupt_skipped[0]
-            collator = CachedPairCollator(self.precomputed.prompts, self.is_sdxl, args.random_flip, args.precompute_flip)
+            collator = CachedPairCollator(self.precomputed.prompts, self.is_sdxl, args.random_flip, self.precomputed.has_flip)
             for encoder in (self.pipeline.vae, *text_encoders_of(self.pipeline)):
                 encoder.to("cpu")  # training reads the cache: the encoders leave the device
         if isinstance(train_dataset, IterableDataset):
