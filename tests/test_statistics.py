@@ -56,3 +56,24 @@ def test_bootstrap_interval_is_deterministic_and_narrows_with_confidence():
     assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
     wide, narrow = bootstrap_ci(values, confidence=0.99), bootstrap_ci(values, confidence=0.5)
     assert wide[0] < narrow[0] < values.mean() < narrow[1] < wide[1]
+
+
+def test_report_primitives(tmp_path):
+    import csv
+    import json
+
+    from PIL import Image
+
+    from trl_dde.evaluation.reports import image_grid, markdown_table, write_csv, write_json
+
+    table = markdown_table(["model", "score"], [["base", 0.123456], ["a|b", 2]])
+    assert table.splitlines() == ["| model | score |", "|:---|---:|", "| base | 0.1235 |", "| a\\|b | 2 |"]
+    with pytest.raises(ValueError, match="Row 0 has 1 cells"):
+        markdown_table(["a", "b"], [[1]])
+    write_json(tmp_path / "x" / "r.json", {"ratio": np.float64(0.5)})
+    assert json.loads((tmp_path / "x" / "r.json").read_text()) == {"ratio": 0.5}
+    write_csv(tmp_path / "s.csv", [{"a": 1}, {"a": 2, "b": 3}])
+    assert list(csv.DictReader(open(tmp_path / "s.csv"))) == [{"a": "1", "b": ""}, {"a": "2", "b": "3"}]
+    red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    grid = image_grid([[red, blue], [blue, red]], row_labels=["base", "tuned"], column_labels=["s0", "s1"], cell_size=16)
+    assert grid.getpixel((grid.width - 10, grid.height - 10)) == (255, 0, 0)  # bottom-right cell is red
