@@ -1,25 +1,42 @@
-"""One rank of the multi-process test (run by torch.distributed.run from test_distributed.py).
+"""One rank of the multi-process tests (run by torch.distributed.run from test_distributed.py).
 
-Trains a tiny LoRA with credit="dde" for a few steps and writes what the test compares: the trained
-LoRA weights, the dde arrays, and the timesteps this rank drew.
+Modes:
+* ``map``: a map-style dataset, LoRA, credit="dde"; records the timesteps this rank drew.
+* ``uneven-stream``: a stream whose shard on rank 0 holds corrupt rows and ties that rank 1's lacks.
+* ``full-zero-lr``: full fine-tuning with learning_rate=0 (reference parity under DDP).
+
+Writes what the test compares: trained weights, the dde arrays, the drawn timesteps and the log history.
 """
 
 import os
 import sys
 
 import torch
+from datasets import Dataset
 from peft import LoraConfig
 
 from trl_dde import DDEConfig, DDEDiffusionTrainer
 from trl_dde.tiny import tiny_preference_dataset, tiny_sd15_pipeline
 
-output_dir = sys.argv[1]
-empty_first_batch_on_rank_0 = sys.argv[2:] == ["empty-on-rank0"]
+output_dir, mode = sys.argv[1], sys.argv[2]
 rank = int(os.environ["RANK"])
-args = DDEConfig(output_dir=output_dir, credit="dde", max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
-                 logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
 lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
-trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=args, train_dataset=tiny_preference_dataset(16), peft_config=lora)
+options = dict(output_dir=output_dir, credit="dde", max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
+               logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
+if mode == "map":
+    data, peft_config = tiny_preference_dataset(16), lora
+elif mode == "uneven-stream":
+    rows = tiny_preference_dataset(24).to_dict()
+    for i in (0, 3, 5):  # in the first shard (rows 0-11) only: rank 0 reads it
+        rows["jpg_0"][i] = b"corrupt"
+    for i in (1, 6):
+        rows["label_0"][i] = 0.5
+    data = Dataset.from_dict(rows, features=tiny_preference_dataset(1).features).to_iterable_dataset(num_shards=2)
+    peft_config = lora
+else:
+    data, peft_config = tiny_preference_dataset(16), None
+    options.update(learning_rate=0.0, max_steps=2)
+trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=DDEConfig(**options), train_dataset=data, peft_config=peft_config)
 assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
 
 drawn = []
@@ -33,16 +50,8 @@ def recording_sample_timesteps(*a, **kw):
 
 
 trainer.credit.sample_timesteps = recording_sample_timesteps
-if empty_first_batch_on_rank_0 and rank == 0:  # rank 0's first batch has no decodable pair; rank 1's is fine
-    collate, calls = trainer.data_collator, []
-
-    def corrupting_collate(rows):
-        calls.append(1)
-        return collate([{**row, "jpg_0": b"corrupt", "jpg_1": b"corrupt"} for row in rows] if len(calls) == 1 else rows)
-
-    trainer.data_collator = corrupting_collate
 trainer.train()
-lora_weights = {n: p.detach().cpu() for n, p in trainer.model.named_parameters() if p.requires_grad}
-torch.save({"lora": lora_weights, "ratios": trainer.credit.ratios.cpu(), "timesteps": torch.cat(drawn),
-            "corrupt_skipped": trainer.corrupt_skipped, "steps": trainer.state.global_step},
+weights = {n: p.detach().cpu() for n, p in trainer.model.named_parameters() if p.requires_grad}
+torch.save({"weights": weights, "ratios": trainer.credit.ratios.cpu(), "timesteps": torch.cat(drawn),
+            "log_history": trainer.state.log_history, "steps": trainer.state.global_step},
            os.path.join(output_dir, f"rank{rank}.pt"))

@@ -7,7 +7,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from trl_dde import DenoisingOutputs, available_credits, get_credit
-from trl_dde.schedule import add_noise, epsilon_from_prediction, model_posterior_mean, posterior_mean
+from trl_dde.processes import DDPMProcess
+from trl_dde.processes.ddpm import model_posterior_mean, posterior_mean
 
 T = 1000
 
@@ -23,8 +24,9 @@ def make_outputs(alphas_cumprod, batch=6, shape=(4, 8, 8), seed=0, timesteps=Non
     x0_w, x0_l, noise = (torch.randn(batch, *shape, generator=g) for _ in range(3))
     if timesteps is None:
         timesteps = torch.randint(0, T, (batch,), generator=g)
-    xt_w = add_noise(x0_w, noise, timesteps, alphas_cumprod)
-    xt_l = add_noise(x0_l, noise, timesteps, alphas_cumprod)
+    process = DDPMProcess(alphas_cumprod)
+    xt_w = process.add_noise(x0_w, noise, timesteps)
+    xt_l = process.add_noise(x0_l, noise, timesteps)
     eps = [noise + 0.3 * torch.randn(batch, *shape, generator=g) for _ in range(4)]
     return DenoisingOutputs(x0_w, x0_l, noise, timesteps, xt_w, xt_l, *eps)
 
@@ -118,17 +120,23 @@ def test_prediction_conversions_recover_epsilon(alphas_cumprod):
     o = make_outputs(alphas_cumprod, batch=4, seed=5)
     abar = alphas_cumprod[o.timesteps].view(-1, 1, 1, 1)
     v = abar.sqrt() * o.noise - (1 - abar).sqrt() * o.x0_w
-    torch.testing.assert_close(epsilon_from_prediction(v, o.xt_w, o.timesteps, alphas_cumprod, "v_prediction"), o.noise, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(epsilon_from_prediction(o.x0_w, o.xt_w, o.timesteps, alphas_cumprod, "sample"), o.noise, rtol=1e-3, atol=1e-3)
-    assert epsilon_from_prediction(o.eps_w, o.xt_w, o.timesteps, alphas_cumprod) is o.eps_w
+    v_process, x0_process = DDPMProcess(alphas_cumprod, "v_prediction"), DDPMProcess(alphas_cumprod, "sample")
+    torch.testing.assert_close(v_process.epsilon(v, o.xt_w, o.timesteps), o.noise, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(v_process.x0(v, o.xt_w, o.timesteps), o.x0_w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(v_process.target(o.x0_w, o.noise, o.timesteps), v)
+    torch.testing.assert_close(x0_process.epsilon(o.x0_w, o.xt_w, o.timesteps), o.noise, rtol=1e-3, atol=1e-3)
+    eps_process = DDPMProcess(alphas_cumprod)
+    assert eps_process.epsilon(o.eps_w, o.xt_w, o.timesteps) is o.eps_w
+    torch.testing.assert_close(eps_process.x0(o.noise, o.xt_w, o.timesteps), o.x0_w, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="prediction_type"):
-        epsilon_from_prediction(v, o.xt_w, o.timesteps, alphas_cumprod, "flow")
+        DDPMProcess(alphas_cumprod, "flow")
 
 
 def test_add_noise_matches_diffusers_scheduler(alphas_cumprod):
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=T)
     o = make_outputs(alphas_cumprod, batch=4, seed=6)
-    torch.testing.assert_close(add_noise(o.x0_w, o.noise, o.timesteps, alphas_cumprod), scheduler.add_noise(o.x0_w, o.noise, o.timesteps))
+    process = DDPMProcess.from_scheduler_config(scheduler.config)
+    torch.testing.assert_close(process.add_noise(o.x0_w, o.noise, o.timesteps), scheduler.add_noise(o.x0_w, o.noise, o.timesteps))
 
 
 def expected_step_value(o, ac, i, which, reduction):

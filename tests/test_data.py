@@ -12,8 +12,8 @@ from PIL import Image as PILImage
 
 from trl_dde import DDEDiffusionTrainer
 from trl_dde.data import (
-    AugmentedPairs,
     PreferenceCollator,
+    PreferencePairs,
     detect_schema,
     draw_augmentation,
     load_image,
@@ -41,7 +41,7 @@ def test_configured_column_names_are_used(tmp_path):
 
 def test_all_ties_are_refused(tmp_path, pipeline):
     ties = tiny_preference_dataset(6).map(lambda row: {"label_0": 0.5})
-    with pytest.raises(ValueError, match="All 6 pairs are ties.*drop_ties=False"):
+    with pytest.raises(ValueError, match="All 6 pairs of the train dataset are ties.*drop_ties=False"):
         DDEDiffusionTrainer(pipeline, args=make_args(tmp_path), train_dataset=ties, peft_config=lora_config())
 
 
@@ -57,11 +57,51 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, pipeline):
     assert trainer.state.log_history[-2]["data/corrupt_skipped"] == 1
 
 
-def test_a_batch_of_only_corrupt_images_is_a_zero_loss_step(tmp_path, pipeline):
-    rows = {"caption": ["x"] * 4, "jpg_0": [b"bad"] * 4, "jpg_1": [b"bad"] * 4, "label_0": [1.0] * 4}
-    trainer = DDEDiffusionTrainer(pipeline, args=make_args(tmp_path, max_steps=1), train_dataset=Dataset.from_dict(rows), peft_config=lora_config())
-    trainer.train()
-    assert trainer.corrupt_skipped == 4 and trainer.state.log_history[0]["loss"] == 0.0
+def test_a_dataset_with_no_decodable_row_is_refused_before_loading_the_model(tmp_path, pipeline_folder, monkeypatch):
+    """Issue 7, bug 1: garbage in every jpg_0 used to train silently with loss 0."""
+    from diffusers import StableDiffusionPipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the pipeline's weights were loaded before the data was checked")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", never)
+    rows = tiny_preference_dataset(6).to_dict()
+    rows["jpg_0"] = [b"\x00garbage" + bytes([i]) for i in range(6)]
+    data = Dataset.from_dict(rows, features=tiny_preference_dataset(1).features)
+    with pytest.raises(ValueError, match=r"all 6 rows that are not ties are unusable\. Row 0: column 'jpg_0' holds b'\\x00garbage\\x00'"):
+        DDEDiffusionTrainer(pipeline_folder, args=make_args(tmp_path), train_dataset=data)
+
+
+def test_a_paired_dataset_with_text_in_its_image_columns_is_refused(tmp_path, pipeline):
+    data = Dataset.from_dict({"prompt": ["a red disc"] * 3, "chosen": ["a photo"] * 3, "rejected": ["a sketch"] * 3})
+    with pytest.raises(ValueError, match=r"column 'chosen' holds 'a photo': .*FileNotFoundError"):
+        DDEDiffusionTrainer(pipeline, args=make_args(tmp_path), train_dataset=data, peft_config=lora_config())
+
+
+def test_skipping_many_rows_warns_loudly_and_names_them(tmp_path, pipeline, caplog):
+    rows = tiny_preference_dataset(10).to_dict()
+    for i in (1, 4, 7):
+        rows["jpg_1"][i] = b"broken"
+    data = Dataset.from_dict(rows, features=tiny_preference_dataset(1).features)
+    with caplog.at_level("INFO", logger="trl_dde.data.prepare"):
+        trainer = DDEDiffusionTrainer(pipeline, args=make_args(tmp_path), train_dataset=data, peft_config=lora_config())
+    assert trainer.corrupt_skipped == 3 and len(trainer.train_dataset) == 7
+    warning = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning and "Skipping 3 of 10 train rows (30.0%)" in warning[0].getMessage() and "1, 4, 7" in warning[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="trl_dde.data.prepare"):  # under the threshold: said, not shouted
+        DDEDiffusionTrainer(tiny_sd15_pipeline(), args=make_args(tmp_path, corrupt_warning_threshold=0.5), train_dataset=data,
+                            peft_config=lora_config())
+    assert not [r for r in caplog.records if r.levelname == "WARNING"] and "Skipping 3 of 10" in caplog.text
+
+
+def test_invalid_labels_are_skipped_and_counted(tmp_path, pipeline):
+    rows = tiny_preference_dataset(6).to_dict()
+    rows["label_0"][2] = float("nan")
+    rows["label_0"][3] = 2.0
+    trainer = DDEDiffusionTrainer(pipeline, args=make_args(tmp_path), train_dataset=Dataset.from_dict(rows, features=tiny_preference_dataset(1).features),
+                                  peft_config=lora_config())
+    assert trainer.corrupt_skipped == 2 and len(trainer.train_dataset) == 4
 
 
 def test_paired_schema_with_pil_images_trains(tmp_path, pipeline):
@@ -71,9 +111,11 @@ def test_paired_schema_with_pil_images_trains(tmp_path, pipeline):
 
 
 def collate(dataset, schema_args, **kwargs):
+    from trl_dde.families import StableDiffusionFamily
+
     args = make_args(__import__("pathlib").Path("/tmp"), **schema_args)
     schema = detect_schema(dataset.column_names, schemas_from_args(args))
-    return PreferenceCollator((tiny_tokenizer(),), schema, resolution=16, **kwargs)
+    return PreferenceCollator(StableDiffusionFamily(tiny_sd15_pipeline()).tokenize, schema, resolution=16, **kwargs)
 
 
 def test_collator_orients_pickapic_labels_and_keeps_ties_as_half():
@@ -108,7 +150,7 @@ def test_paired_transform_crops_and_flips_both_images_identically():
 
 
 def test_augmentation_seeds_depend_on_epoch_and_row_not_on_draw_order():
-    data = AugmentedPairs(tiny_preference_dataset(4), seed=7)
+    data = PreferencePairs(tiny_preference_dataset(4), seed=7)
     seeds = [data[i]["augmentation_seed"] for i in range(4)]
     assert len(set(seeds)) == 4 and [data[i]["augmentation_seed"] for i in (3, 2, 1, 0)] == seeds[::-1]
     data.set_epoch(1)
@@ -164,9 +206,10 @@ def streaming_run(tmp_path, name, stop_at=None, resume=None):
 def test_streaming_dataset_trains_for_max_steps_counting_ties_and_corrupt_rows(tmp_path):
     trainer = streaming_run(tmp_path, "stream")
     assert trainer.state.global_step == 6
-    # 6 steps x 3 rows = 18 rows = one and a half passes over 12 rows holding 3 ties and 1 corrupt row
-    assert trainer.ties_dropped >= 3 and trainer.corrupt_skipped >= 1
-    assert trainer.state.log_history[-2]["data/ties_dropped"] == trainer.ties_dropped
+    # 6 steps x 3 used rows = 18 rows: one and a half passes over 12 rows holding 3 ties and 1 corrupt row
+    last = trainer.state.log_history[-2]
+    assert last["data/ties_dropped"] >= 3 and last["data/corrupt_skipped"] >= 1
+    assert all(e["loss"] > 0 for e in trainer.state.log_history if "loss" in e)  # every step trained on full batches
 
 
 def test_streaming_resume_continues_exactly(tmp_path):

@@ -147,9 +147,9 @@ def test_resume_true_takes_the_last_checkpoint(tmp_path):
 
 def test_save_uses_a_given_full_state_dict(tmp_path, pipeline):
     """Under FSDP transformers hands _save the gathered state dict; it must be what is written."""
-    from trl_dde.hub import save_unet_weights
+    from trl_dde.families import StableDiffusionFamily
 
     state_dict = {k: torch.full_like(v, 0.5) for k, v in pipeline.unet.state_dict().items()}
-    save_unet_weights(pipeline.unet, str(tmp_path / "full"), type(pipeline), state_dict)
+    StableDiffusionFamily(pipeline).save_full(pipeline.unet, str(tmp_path / "full"), state_dict)
     reloaded = UNet2DConditionModel.from_pretrained(str(tmp_path / "full"), subfolder="unet")
     assert all(torch.all(v == 0.5) for v in reloaded.state_dict().values())

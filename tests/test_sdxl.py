@@ -6,7 +6,7 @@ from conftest import lora_config, make_args
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
 from trl_dde import DDEDiffusionTrainer
-from trl_dde.models import encode_prompts
+from trl_dde.families import StableDiffusionXLFamily
 from trl_dde.tiny import tiny_preference_dataset, tiny_sdxl_pipeline
 
 
@@ -27,18 +27,19 @@ def xl_unet_output(unet, seed=0):
 
 def test_prompt_embeddings_concatenate_penultimate_states_and_pool_encoder_2():
     pipe = tiny_sdxl_pipeline()
-    ids = tuple(t(["a red disc"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-                for t in (pipe.tokenizer, pipe.tokenizer_2))
-    embeddings = encode_prompts(pipe, ids)
+    family = StableDiffusionXLFamily(pipe)
+    token_ids = family.tokenize(["a red disc"])
+    ids = (token_ids["input_ids"], token_ids["input_ids_2"])
+    embeddings = family.encode_prompts(token_ids)
     with torch.no_grad():
         one = pipe.text_encoder(ids[0], output_hidden_states=True).hidden_states[-2]
         two = pipe.text_encoder_2(ids[1], output_hidden_states=True)
-    torch.testing.assert_close(embeddings.hidden_states, torch.cat([one, two.hidden_states[-2]], dim=-1))
-    torch.testing.assert_close(embeddings.pooled, two.text_embeds)
+    torch.testing.assert_close(embeddings["encoder_hidden_states"], torch.cat([one, two.hidden_states[-2]], dim=-1))
+    torch.testing.assert_close(embeddings["text_embeds"], two.text_embeds)
     # the same as the pipeline's own prompt encoding
     reference, _, pooled, _ = pipe.encode_prompt("a red disc", do_classifier_free_guidance=False)
-    torch.testing.assert_close(embeddings.hidden_states, reference)
-    torch.testing.assert_close(embeddings.pooled, pooled)
+    torch.testing.assert_close(embeddings["encoder_hidden_states"], reference)
+    torch.testing.assert_close(embeddings["text_embeds"], pooled)
 
 
 @pytest.mark.parametrize("credit", ["uniform", "discounted", "dde-single", "dde-step", "dde"])
@@ -46,9 +47,10 @@ def test_sdxl_lora_trains_and_reloads_with_load_lora_weights(tmp_path, sdxl_fold
     data = tiny_preference_dataset(8)
     args = make_args(tmp_path, credit=credit, random_crop=True, random_flip=True, resolution=24)
     trainer = DDEDiffusionTrainer(sdxl_folder, args=args, train_dataset=data, peft_config=lora_config(r=4, alpha=8))
-    assert trainer.is_sdxl and isinstance(trainer.pipeline, StableDiffusionXLPipeline)
+    assert trainer.family.name == "sdxl" and isinstance(trainer.pipeline, StableDiffusionXLPipeline)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-    assert batch["time_ids_w"].shape == (2, 6) and "input_ids_2" in batch
+    assert batch["crop_info_w"].shape == (2, 6) and "input_ids_2" in batch
+    assert torch.equal(trainer.family.image_conditioning(batch["crop_info_w"])["time_ids"], batch["crop_info_w"])
     trainer.train()
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
     trainer.save_model()

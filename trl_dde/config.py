@@ -57,6 +57,16 @@ class DDEConfig(TrainingArguments):
         default=False, metadata={"help": "Must stay False: image columns are consumed by the collator, not the UNet."}
     )
     label_names: list[str] | None = field(default_factory=list, metadata={"help": "Unused; kept empty."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Every trained weight is used in every step, so DDP's extra search for unused parameters "
+                          "(transformers' default for models that are not PreTrainedModels) is off."},
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Off: transformers' filter reads every step's loss on the host (a synchronisation per step). "
+                          "trl-dde watches for non-finite values on the device and stops with the cause instead."},
+    )
 
     # Preference optimisation
     credit: str = field(
@@ -93,6 +103,14 @@ class DDEConfig(TrainingArguments):
     drop_ties: bool = field(
         default=True,
         metadata={"help": "Drop tied Pick-a-Pic pairs (label_0 == 0.5). If False they train with a soft label of 0.5."},
+    )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Processes for the one-off dataset check (every image decoded once)."}
+    )
+    corrupt_warning_threshold: float = field(
+        default=0.1,
+        metadata={"help": "Warn loudly, naming the rows, when more than this fraction of the rows cannot be trained "
+                          "on (undecodable images, invalid labels). A dataset with no usable row is always an error."},
     )
     precompute_latents: bool = field(
         default=False,

@@ -1,54 +1,55 @@
 """``DDEDiffusionTrainer``: Diffusion DPO with pluggable per-timestep credit assignment.
 
-One training step, for a batch of ``B`` preference pairs:
+One training step (``compute_loss``) is the paper's Algorithm 1 for a batch of ``B`` preference pairs:
 
-1. encode winner and loser images with the frozen VAE and the prompt with the frozen text encoder;
-2. draw one timestep per pair from the credit strategy and one noise tensor per pair, shared by winner
-   and loser, and noise both latents;
-3. run the policy UNet once on ``[winners; losers]`` and the reference once (LoRA: adapters disabled;
-   full fine-tune: a frozen copy), converting outputs to epsilon predictions;
-4. ask the strategy for each pair's margin ``z`` and take the loss (``sigmoid``: ``-log σ(β z)``);
-5. let the strategy update its state (dde's EMA arrays).
+1. the clean latents and conditioning of winners and losers (the batch source: encoded now, or read from
+   the precomputed cache);
+2. one timestep ``τ`` per pair, drawn by the credit strategy, and one noise ``ε`` per pair, shared by winner
+   and loser, give ``x_τ`` (the noise process);
+3. the policy runs once and the reference once on ``[winners; losers]`` (the model family);
+4. the strategy turns both predictions into each pair's margin ``z``, and ``z`` into the loss;
+5. the strategy updates its state (dde's EMA arrays).
 
-Checkpoints hold the weights in diffusers format (LoRA file or ``unet/``), the optimizer, scheduler,
-RNG states, the data position and the strategy's state, so a resumed run continues exactly.
+Everything a model family, a noise process, a data source or a strategy decides lives behind its seam
+(``families/``, ``processes/``, ``data/``, ``credit/``); this module wires them to ``transformers.Trainer``:
+construction in the order that fails fast, metrics, saving and exact resume.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections import defaultdict
 
 import safetensors.torch
 import torch
-import torch.nn.functional as F
+from accelerate.utils import set_seed
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
-from accelerate.utils import set_seed
-from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
-from transformers import Trainer
+from diffusers import DiffusionPipeline
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from .card import HYPERPARAMETERS, ModelCardData, render_model_card
 from .config import DDEConfig
 from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
-from .data import AugmentedPairs, AugmentedStream, PreferenceCollator, input_ids_keys, prepare_preference_dataset
-from .hub import has_lora, load_unet_weights, save_unet_weights
-from .models import (
-    adapters_disabled,
-    cast_module,
-    encode_prompts,
-    is_sdxl,
-    load_pipeline,
-    load_reference_unet,
-    load_vae,
-    prepare_unet,
-    text_encoders_of,
-    tokenizers_of,
+from .data import (
+    CachedBatches,
+    CachedPairCollator,
+    OnTheFlyBatches,
+    PreferenceCollator,
+    PreferencePairs,
+    PreferenceStream,
+    precompute_preference_dataset,
+    prepare_preference_dataset,
 )
-from .precompute import CachedPairCollator, cached_prompt_embeddings, precompute_preference_dataset, sample_latents
-from .schedule import add_noise, epsilon_from_prediction
+from .families import cast_module, family_class_for, load_pipeline, scheduler_config_of, unwrap_model
+from .losses import preference_loss
+from .metrics import StepMetrics
+from .optim import check_8bit_optimizer
+from .processes import NoiseProcess
+from .reference import adapters_disabled, build_reference, prepare_reference
 
 __all__ = ["DDEDiffusionTrainer"]
 
@@ -56,47 +57,54 @@ CREDIT_STATE_NAME = "credit_state.safetensors"
 
 
 def _weight_dtype(args: DDEConfig) -> torch.dtype:
-    """dtype of the frozen weights (VAE, text encoder, LoRA base, reference) under mixed precision."""
+    """dtype of the frozen weights (VAE, text encoders, LoRA base) under mixed precision."""
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
-def _check_8bit_optimizer(args: DDEConfig) -> None:
-    """Fail before training, with a fix, when an 8-bit bitsandbytes optimizer cannot run on this device."""
-    if "8bit" not in args.optim:
-        return
-    try:
-        import bitsandbytes as bnb  # lazily: only 8-bit optimizers need it
-    except ImportError as error:
-        raise ImportError(f"optim={args.optim!r} needs bitsandbytes: pip install 'trl-dde[bnb]'.") from error
-    try:  # one real 8-bit step (>= 4096 elements, the size bitsandbytes quantizes) on the training device
-        probe = torch.zeros(4096, device=args.device, requires_grad=True)
-        probe.grad = torch.ones_like(probe)
-        bnb.optim.AdamW8bit([probe]).step()
-    except Exception as error:  # bitsandbytes raises many types for unsupported devices
-        raise RuntimeError(
-            f"optim={args.optim!r}: bitsandbytes {bnb.__version__} cannot run an 8-bit optimizer on "
-            f"device {args.device} ({type(error).__name__}: {error}). Use optim='adamw_torch' (or 'adamw_torch_fused')."
-        ) from error
+def build_credit(credit: str | CreditAssigner | None, process: NoiseProcess, args: DDEConfig) -> CreditAssigner:
+    """The strategy for ``process``: built from a name (``credit`` or ``args.credit``) and ``args.credit_kwargs``,
+    or a given instance checked against the pipeline's process and ``args.timestep_range``."""
+    if credit is None or isinstance(credit, str):
+        return get_credit(credit or args.credit, process=process, timestep_range=args.timestep_range, **args.credit_kwargs)
+    if not credit.process.same_as(process):
+        raise ValueError(
+            f"The credit strategy instance was built for another noise process ({credit.process}) than the pipeline's "
+            f"({process}). Build it from the pipeline's schedule, or pass its name as credit='{credit.name}'."
+        )
+    if args.timestep_range is not None and tuple(args.timestep_range) != credit.timestep_range:
+        raise ValueError(
+            f"args.timestep_range={args.timestep_range} but the credit strategy instance samples {list(credit.timestep_range)}; "
+            "set timestep_range on the instance and leave args.timestep_range unset."
+        )
+    if args.credit_kwargs:
+        raise ValueError(f"credit_kwargs={args.credit_kwargs} cannot reach a strategy that is already built; pass the "
+                         "options to its constructor.")
+    return credit
 
 
-def _unwrap(model: torch.nn.Module) -> UNet2DConditionModel:
-    """The UNet inside DDP/compile wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+class _CreditOptimizerStep(TrainerCallback):
+    """Tells the strategy that an optimizer step happened (for state updated once per optimizer step)."""
+
+    def __init__(self, credit: CreditAssigner):
+        self.credit = credit
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.credit.on_optimizer_step()
 
 
 class DDEDiffusionTrainer(Trainer):
-    """Trainer for Direct Preference Optimization of Stable Diffusion pipelines with a credit strategy.
+    """Trainer for Direct Preference Optimization of diffusion pipelines with a credit strategy.
 
     Args:
-        model: hub id or local folder of a diffusers pipeline, or a pipeline instance. The trained module
-            (``trainer.model``) is its UNet; the VAE and text encoder are frozen.
-        ref_model: reference UNet for full fine-tuning (instance or folder); default a frozen copy of the
-            UNet. Not allowed with ``peft_config``: the LoRA reference is the UNet with adapters disabled.
+        model: hub id or local folder of a diffusers pipeline of a supported family (``trl_dde.families``), or a
+            pipeline instance. The trained module (``trainer.model``) is its denoiser (the UNet); the VAE and
+            text encoders are frozen.
+        ref_model: reference denoiser for full fine-tuning (instance, folder or hub id); default a frozen copy.
+            Not allowed with ``peft_config``: the LoRA reference is the denoiser with adapters disabled.
         args: a ``DDEConfig``.
-        train_dataset / eval_dataset: preference pairs (Pick-a-Pic v2 or ``prompt``/``chosen``/``rejected``).
-        peft_config: a ``peft.LoraConfig`` to train LoRA adapters instead of the full UNet.
+        train_dataset / eval_dataset: preference pairs (Pick-a-Pic v2 or ``prompt``/``chosen``/``rejected``),
+            map-style or streaming.
+        peft_config: a ``peft.LoraConfig`` to train LoRA adapters instead of the full denoiser.
         credit: strategy name or ``CreditAssigner`` instance; overrides ``args.credit``.
         callbacks / optimizers: as in ``transformers.Trainer``.
     """
@@ -104,7 +112,7 @@ class DDEDiffusionTrainer(Trainer):
     def __init__(
         self,
         model: str | os.PathLike | DiffusionPipeline,
-        ref_model: UNet2DConditionModel | str | os.PathLike | None = None,
+        ref_model: torch.nn.Module | str | os.PathLike | None = None,
         args: DDEConfig | None = None,
         train_dataset: Dataset | IterableDataset | None = None,
         eval_dataset: Dataset | IterableDataset | None = None,
@@ -114,212 +122,190 @@ class DDEDiffusionTrainer(Trainer):
         optimizers=(None, None),
     ):
         if args is None:
-            name = model if isinstance(model, str) else "pipeline"
+            name = model if isinstance(model, (str, os.PathLike)) else "pipeline"
             args = DDEConfig(output_dir=f"{os.path.basename(str(name).rstrip('/'))}-DDE")
         if not isinstance(args, DDEConfig):
             raise TypeError(f"args must be a DDEConfig, got {type(args).__name__}.")
         if peft_config is not None and ref_model is not None:
             raise ValueError(
-                "ref_model and peft_config are mutually exclusive: with LoRA the reference is the base UNet "
+                "ref_model and peft_config are mutually exclusive: with LoRA the reference is the base model "
                 "(adapters disabled). Pass ref_model only for full fine-tuning."
             )
         if train_dataset is None:
             raise ValueError("DDEDiffusionTrainer needs a train_dataset of preference pairs.")
-        _check_8bit_optimizer(args)
+        check_8bit_optimizer(args)
+
+        # What is trained and how, from configuration files alone: a bad option fails before any weight loads.
+        family_class = family_class_for(model, revision=args.model_revision)
+        process = family_class.process_from_scheduler_config(scheduler_config_of(model, revision=args.model_revision))
+        self.credit = build_credit(credit, process, args)
+        self.process = self.credit.process
+        with args.main_process_first(desc="preparing the preference data"):
+            train = prepare_preference_dataset(train_dataset, args, "train")
+            evaluation = prepare_preference_dataset(eval_dataset, args, "eval") if eval_dataset is not None else None
+        self.ties_dropped, self.corrupt_skipped = train.ties_dropped, train.corrupt_dropped
+
         set_seed(args.seed)  # LoRA initialisation follows args.seed
-
-        weight_dtype = _weight_dtype(args)
-        self.pipeline = load_pipeline(model, torch_dtype=args.torch_dtype and getattr(torch, args.torch_dtype),
-                                      variant=args.model_variant, revision=args.model_revision)
-        self.base_model_name = model if isinstance(model, (str, os.PathLike)) else getattr(
-            self.pipeline, "name_or_path", None
-        )
-        self.is_sdxl = is_sdxl(self.pipeline)
+        self.weight_dtype = _weight_dtype(args)
+        self.family = load_pipeline(model, torch_dtype=args.torch_dtype and getattr(torch, args.torch_dtype),
+                                    variant=args.model_variant, revision=args.model_revision)
+        self.pipeline = self.family.pipeline
+        self.base_model_name = str(model) if isinstance(model, (str, os.PathLike)) else getattr(self.pipeline, "name_or_path", None)
         if args.vae is not None:
-            self.pipeline.vae = load_vae(args.vae, revision=args.model_revision)
-        # SDXL's own VAE overflows in fp16: keep it fp32 unless the user supplied an fp16-safe one
-        vae_dtype = torch.float32 if self.is_sdxl and args.vae is None else weight_dtype
-        for frozen, dtype in ((self.pipeline.vae, vae_dtype), *((e, weight_dtype) for e in text_encoders_of(self.pipeline))):
-            frozen.requires_grad_(False)
-            cast_module(frozen, dtype, args.device).eval()
-        unet = prepare_unet(self.pipeline.unet, peft_config, weight_dtype)
-        self.ref_unet = None if peft_config is not None else load_reference_unet(unet, ref_model, weight_dtype).to(args.device)
+            from diffusers import AutoencoderKL
+
+            subfolder = "vae" if os.path.isdir(os.path.join(args.vae, "vae")) else None
+            self.pipeline.vae = AutoencoderKL.from_pretrained(args.vae, subfolder=subfolder, revision=args.model_revision)
+        frozen = [(self.family.vae, self.family.vae_dtype(self.weight_dtype, replaced_vae=args.vae is not None))]
+        frozen += [(encoder, self.weight_dtype) for encoder in self.family.text_encoders]
+        for module, dtype in frozen:
+            cast_module(module.requires_grad_(False), dtype, args.device).eval()
+        denoiser = self.family.prepare_denoiser(peft_config, self.weight_dtype)
+        self.ref_model = build_reference(self.family, ref_model, peft_config)
         if args.activation_checkpointing:
-            unet.enable_gradient_checkpointing()
+            denoiser.enable_gradient_checkpointing()
             # transformers' train() calls `model.activation_checkpointing_enable()`, which diffusers models
-            # lack; the UNet's own checkpointing is already on, so make that call a no-op on this instance.
-            unet.activation_checkpointing_enable = lambda **kwargs: None
+            # lack; the denoiser's own checkpointing is already on, so make that call a no-op on this instance.
+            denoiser.activation_checkpointing_enable = lambda **kwargs: None
+        self.credit.to(args.device).prepare_sampling(args.device)
 
-        self.noise_scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
-        self.prediction_type = self.noise_scheduler.config.prediction_type
-        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(args.device, dtype=torch.float32)
-        if credit is None or isinstance(credit, str):
-            credit = get_credit(
-                credit or args.credit,
-                alphas_cumprod=self.noise_scheduler.alphas_cumprod,
-                timestep_range=args.timestep_range,
-                **args.credit_kwargs,
-            )
-        self.credit = credit.to(args.device)
-
-        self.weight_dtype = weight_dtype
-        train_dataset, eval_dataset, collator = self._prepare_data(train_dataset, eval_dataset, args)
-
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        train_dataset, eval_dataset, collator = self._prepare_batches(train, evaluation, args)
         self._eval_generator: torch.Generator | None = None
-        self._input_id_keys = input_ids_keys(len(tokenizers_of(self.pipeline)))
-        super().__init__(
-            model=unet,
-            args=args,
-            data_collator=collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            callbacks=callbacks,
-            optimizers=optimizers,
-        )
+        super().__init__(model=denoiser, args=args, data_collator=collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, callbacks=callbacks, optimizers=optimizers)
+        self.add_callback(_CreditOptimizerStep(self.credit))
+        self.metrics = StepMetrics(self.accelerator.device)
+        if self.ref_model is not None:
+            self.ref_model = prepare_reference(self.ref_model, self.accelerator)
         if self.accelerator.num_processes > 1:
             # transformers seeds every rank alike, so ranks would draw the same noise and timesteps; give each
             # its own stream (checkpointed per rank). Data order stays shared: accelerate syncs the sampler.
             set_seed(args.seed, device_specific=True)
 
-    def _prepare_data(self, train_dataset, eval_dataset, args: DDEConfig):
-        """Schema check and tie filtering, the collator, the optional precompute pass, augmentation seeds."""
-        train_dataset, schema, self.ties_dropped = prepare_preference_dataset(train_dataset, args)
-        if eval_dataset is not None:
-            eval_dataset, _, _ = prepare_preference_dataset(eval_dataset, args)
-        self.corrupt_skipped = 0
-        resolution = args.resolution or self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
-        collator = PreferenceCollator(tokenizers_of(self.pipeline), schema, resolution, args.random_crop,
-                                      args.random_flip, micro_conditioning=self.is_sdxl, drop_ties=args.drop_ties)
+    def _prepare_batches(self, train, evaluation, args: DDEConfig):
+        """The datasets the dataloaders read, the collator and the batch source (optionally precomputing)."""
+        collator = PreferenceCollator(self.family.tokenize, train.schema, args.resolution or self.family.default_resolution,
+                                      args.random_crop, args.random_flip)
+        self.batches = OnTheFlyBatches(self.family)
         self.precomputed = None
+        train_dataset, eval_dataset = train.dataset, evaluation.dataset if evaluation is not None else None
         if args.precompute_latents:
             if isinstance(train_dataset, IterableDataset) or isinstance(eval_dataset, IterableDataset):
                 raise ValueError("precompute_latents needs a map-style dataset; a stream cannot be encoded ahead of "
                                  "time. Set precompute_latents=False, or load the data without streaming.")
             splits = [train_dataset] + ([eval_dataset] if eval_dataset is not None else [])
-            self.precomputed = precompute_preference_dataset(
-                splits, collator, self.pipeline, flip=args.precompute_flip, vae_mode=args.precompute_vae,
-                dtype=getattr(torch, args.precompute_dtype), batch_size=args.precompute_batch_size,
-                cache_dir=args.precompute_cache_dir,
-            )
+            with args.main_process_first(desc="precomputing latents"):
+                self.precomputed = precompute_preference_dataset(
+                    splits, collator, self.family, flip=args.precompute_flip, vae_mode=args.precompute_vae,
+                    dtype=getattr(torch, args.precompute_dtype), batch_size=args.precompute_batch_size,
+                    cache_dir=args.precompute_cache_dir,
+                )
             train_dataset = self.precomputed.pairs[0]
             eval_dataset = self.precomputed.pairs[1] if eval_dataset is not None else None
-            self.corrupt_skipped = self.precomputed.corrupt_skipped[0]
-            collator = CachedPairCollator(self.precomputed.prompts, self.is_sdxl, args.random_flip, self.precomputed.has_flip)
-            for encoder in (self.pipeline.vae, *text_encoders_of(self.pipeline)):
+            collator = CachedPairCollator(self.precomputed.prompts, args.random_flip, self.precomputed.has_flip)
+            self.batches = CachedBatches(self.family, self.precomputed.vae_mode, self.weight_dtype)
+            for encoder in (self.family.vae, *self.family.text_encoders):
                 encoder.to("cpu")  # training reads the cache: the encoders leave the device
         if isinstance(train_dataset, IterableDataset):
-            # every rank reads its own shard of the stream; dispatching (rank 0 reads and broadcasts batches)
-            # would ship decoded images between processes each step and needs equal-sized batches
+            # every rank reads and filters its own shard of the stream (not every row, as accelerate's sharding of a
+            # torch IterableDataset would); dispatching (rank 0 reads and broadcasts batches) would ship decoded
+            # images between processes each step
             train_dataset = split_dataset_by_node(train_dataset, rank=args.process_index, world_size=args.world_size)
-            args.accelerator_config.dispatch_batches = False
-            train_dataset = AugmentedStream(train_dataset, args.seed)
+            args.accelerator_config = dataclasses.replace(args.accelerator_config, dispatch_batches=False)  # a copy
+            train_dataset = PreferenceStream(train_dataset, train.schema, args.seed, args.drop_ties,
+                                             args.corrupt_warning_threshold)
         else:
-            train_dataset = AugmentedPairs(train_dataset, args.seed)
+            train_dataset = PreferencePairs(train_dataset, args.seed)
         return train_dataset, eval_dataset, collator
 
-    # ---- the step ----------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        """Under several processes a stream is already split (each process reads and filters its own shard, see
+        ``_prepare_batches``); accelerate would split it again, so its loader is prepared as one process's."""
+        if not isinstance(self.train_dataset, PreferenceStream) or self.accelerator.num_processes == 1:
+            return super().get_train_dataloader()
+        from accelerate.data_loader import prepare_data_loader
 
-    @torch.no_grad()
-    def _encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        vae = self.pipeline.vae
-        latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample(generator=generator)
-        return latents.float() * vae.config.scaling_factor
+        args = self.args
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers, prefetch_factor=args.dataloader_prefetch_factor,
+        )
+        # no RNG synchronisation: it is a collective, and shards end at different times on different processes
+        return prepare_data_loader(loader, self.accelerator.device, num_processes=1, process_index=0, put_on_device=True,
+                                   rng_types=None, dispatch_batches=False, non_blocking=self.accelerator.non_blocking)
 
-    def _predict_epsilon(self, unet, x_t, timesteps, conditioning: dict) -> torch.Tensor:
-        prediction = unet(x_t, timesteps, **conditioning).sample
-        return epsilon_from_prediction(prediction.float(), x_t, timesteps, self.alphas_cumprod, self.prediction_type)
-
-    @torch.no_grad()
-    def _reference_epsilon(self, model, x_t, timesteps, conditioning: dict) -> torch.Tensor:
-        if self.ref_unet is None:
-            with adapters_disabled(_unwrap(model)):
-                return self._predict_epsilon(model, x_t, timesteps, conditioning)
-        dtype = self.ref_unet.dtype  # the frozen copy may be stored in bf16/fp16
-        cast = lambda tree: tree.to(dtype) if torch.is_tensor(tree) else {k: cast(v) for k, v in tree.items()}  # noqa: E731
-        prediction = self.ref_unet(x_t.to(dtype), timesteps, **cast(conditioning)).sample
-        return epsilon_from_prediction(prediction.float(), x_t, timesteps, self.alphas_cumprod, self.prediction_type)
-
-    def _preference_loss(self, z: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
-        """Per-pair loss from the margin; ``preference`` is 1 for decided pairs and 0.5 for kept ties."""
-        beta = self.args.beta
-        if self.args.loss_type == "sigmoid":
-            return -(preference * F.logsigmoid(beta * z) + (1 - preference) * F.logsigmoid(-beta * z))
-        sign = 2 * preference - 1  # 1 for decided pairs, 0 for ties
-        if self.args.loss_type == "hinge":
-            return torch.relu(1 - sign * beta * z)
-        return (z - sign / (2 * beta)) ** 2  # ipo
+    # ---- the step (Algorithm 1) --------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        pairs = inputs["preference"].shape[0]
-        if self._count_skipped(inputs, mode, empty=pairs == 0):
-            # a batch with no decodable pair on some process: every process skips the step together, so all
-            # of them still meet in the same collectives (gradient all-reduce, dde update, metric gathers)
-            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-            return (loss, {}) if return_outputs else loss
         # evaluation draws from its own seeded generator: comparable across evaluations, training RNG untouched
         generator = None if model.training else self._eval_generator
-        if self.precomputed is not None:
-            posteriors = torch.cat([inputs["posterior_w"], inputs["posterior_l"]]).float()
-            latents = sample_latents(posteriors, self.precomputed.vae_mode, generator) * self.pipeline.vae.config.scaling_factor
-            prompts = cached_prompt_embeddings(inputs, self.weight_dtype)
-        else:
-            latents = self._encode_images(torch.cat([inputs["pixel_values_w"], inputs["pixel_values_l"]]), generator)
-            prompts = encode_prompts(self.pipeline, tuple(inputs[key] for key in self._input_id_keys))
-        x0_w, x0_l = latents.chunk(2)
-        noise = torch.randn(x0_w.shape, generator=generator, device=x0_w.device, dtype=x0_w.dtype)
-        timesteps = self.credit.sample_timesteps(pairs, device=latents.device, generator=generator)
+        if mode == "train":
+            self.metrics.count("ties_dropped", inputs["num_ties"])
+            self.metrics.count("corrupt_skipped", inputs["num_corrupt"])
+        batch = self.batches(inputs, generator)  # 1. latents and conditioning
+        latents = batch.x0_w
+        timesteps = self.credit.sample_timesteps(batch.size, device=latents.device, generator=generator)  # 2.
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         if self.args.loss_type == "sft":
-            loss = self._sft_loss(model, x0_w, noise, timesteps, prompts.unet_kwargs(1, inputs.get("time_ids_w")), mode)
+            loss = self._sft_loss(model, batch, noise, timesteps, mode)
         else:
-            time_ids = torch.cat([inputs["time_ids_w"], inputs["time_ids_l"]]) if self.is_sdxl else None
-            conditioning = prompts.unet_kwargs(2, time_ids)  # winners then losers
-            loss = self._dpo_loss(model, x0_w, x0_l, noise, timesteps, conditioning, inputs["preference"], mode)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"The loss became {loss.item()} at step {self.state.global_step + 1}. Training stopped before the "
-                "update so the last checkpoint is intact. Usual fixes: a lower learning_rate, bf16 instead of fp16, "
-                "max_grad_norm=1.0, or a smaller beta; then resume from the last checkpoint."
-            )
+            outputs = self._denoise(model, batch, noise, timesteps)  # 3.
+            z = self.credit.margin(outputs)  # 4.
+            loss = preference_loss(z, batch.preference, self.args.beta, self.args.loss_type).mean()
+            if model.training:
+                self.credit.update(outputs)  # 5.
+            self._record(mode, outputs, z, loss)
         return (loss, {}) if return_outputs else loss
 
-    def _sft_loss(self, model, x0_w, noise, timesteps, conditioning, mode):
-        """The paper's SFT baseline: the plain denoising loss on the preferred images only."""
-        xt_w = add_noise(x0_w, noise, timesteps, self.alphas_cumprod)
-        eps_w = self._predict_epsilon(model, xt_w, timesteps, conditioning)
-        mse = squared_error(eps_w, noise)
-        self._log_metrics(mode, {"mse/policy_chosen": mse.detach(), "timestep": timesteps.float()})
-        return mse.mean()
+    def _denoise(self, model, batch, noise: torch.Tensor, timesteps: torch.Tensor) -> DenoisingOutputs:
+        """Noise winners and losers alike, then run the policy and the reference once each on both."""
+        process, family, conditioning = self.process, self.family, batch.conditioning
+        x_t = process.add_noise(torch.cat([batch.x0_w, batch.x0_l]), torch.cat([noise, noise]), torch.cat([timesteps, timesteps]))
+        model_time = process.model_timesteps(torch.cat([timesteps, timesteps]))
+        prediction = family.predict(model, x_t, model_time, conditioning)
+        with torch.no_grad():
+            if self.ref_model is None:
+                with adapters_disabled(model):
+                    reference = family.predict(model, x_t, model_time, conditioning)
+            else:
+                if self.ref_model.training != model.training:
+                    # the policy's mode: identical weights then give identical outputs (train mode changes no value in
+                    # a denoiser without active dropout, but it does change kernel paths and so the rounding)
+                    self.ref_model.train(model.training)
+                reference = family.predict(self.ref_model, x_t, model_time, conditioning)
+        (xt_w, xt_l), (pred_w, pred_l), (ref_w, ref_l) = x_t.chunk(2), prediction.chunk(2), reference.chunk(2)
+        return DenoisingOutputs(batch.x0_w, batch.x0_l, noise, timesteps, xt_w, xt_l, pred_w, pred_l, ref_w, ref_l, process)
 
-    def _dpo_loss(self, model, x0_w, x0_l, noise, timesteps, conditioning, preference, mode):
-        both = lambda t: torch.cat([t, t])  # noqa: E731 - winners and losers share noise, τ and prompt
-        x_t = add_noise(torch.cat([x0_w, x0_l]), both(noise), both(timesteps), self.alphas_cumprod)
-        eps = self._predict_epsilon(model, x_t, both(timesteps), conditioning)
-        eps_ref = self._reference_epsilon(model, x_t, both(timesteps), conditioning)
-        xt_w, xt_l = x_t.chunk(2)
-        eps_w, eps_l = eps.chunk(2)
-        eps_ref_w, eps_ref_l = eps_ref.chunk(2)
-        outputs = DenoisingOutputs(x0_w, x0_l, noise, timesteps, xt_w, xt_l, eps_w, eps_l, eps_ref_w, eps_ref_l)
-        z = self.credit.margin(outputs)
-        loss = self._preference_loss(z, preference.to(z.dtype)).mean()
-        if model.training:
-            self.credit.update(outputs)
-        z = z.detach()
-        self._log_metrics(
-            mode,
-            {
-                "implicit_acc": (z > 0).float() + 0.5 * (z == 0).float(),
-                "margin": z,
-                "beta_margin": self.args.beta * z,
-                "mse/policy_chosen": squared_error(eps_w.detach(), noise),
-                "mse/policy_rejected": squared_error(eps_l.detach(), noise),
-                "mse/ref_chosen": squared_error(eps_ref_w, noise),
-                "mse/ref_rejected": squared_error(eps_ref_l, noise),
-                "timestep": timesteps.float(),
-            },
-        )
+    def _sft_loss(self, model, batch, noise, timesteps, mode):
+        """The paper's SFT baseline: the plain denoising loss (in the model's own target) on the winners only."""
+        process = self.process
+        x_t = process.add_noise(batch.x0_w, noise, timesteps)
+        prediction = self.family.predict(model, x_t, process.model_timesteps(timesteps), batch.winners_conditioning())
+        mse = squared_error(prediction, process.target(batch.x0_w, noise, timesteps))
+        loss = mse.mean()
+        self.metrics.record(mode, {"mse/policy_chosen": mse, "timestep": timesteps})
+        self.metrics.watch(self.state.global_step + 1, policy=prediction, loss=loss)
         return loss
+
+    def _record(self, mode: str, outputs: DenoisingOutputs, z: torch.Tensor, loss: torch.Tensor) -> None:
+        """Buffer the step's per-pair metrics on the device and watch for non-finite values."""
+        z = z.detach()
+        noise = outputs.noise
+        self.metrics.record(mode, {
+            "implicit_acc": (z > 0).float() + 0.5 * (z == 0).float(),
+            "margin": z,
+            "beta_margin": self.args.beta * z,
+            "mse/policy_chosen": squared_error(outputs.eps_w.detach(), noise),
+            "mse/policy_rejected": squared_error(outputs.eps_l.detach(), noise),
+            "mse/ref_chosen": squared_error(outputs.eps_ref_w, noise),
+            "mse/ref_rejected": squared_error(outputs.eps_ref_l, noise),
+            "timestep": outputs.timesteps,
+            **{f"credit/{key}": value for key, value in self.credit.pair_metrics().items()},
+        })
+        self.metrics.watch(self.state.global_step + 1, reference=outputs.pred_ref_w, policy=outputs.pred_w,
+                           margin=z, loss=loss)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation computes the same loss (no labels, no logits); ``eval_*`` metrics are logged."""
@@ -337,40 +323,22 @@ class DDEDiffusionTrainer(Trainer):
 
     # ---- metrics -----------------------------------------------------------------------------------
 
-    def _log_metrics(self, mode: str, values: dict[str, torch.Tensor]) -> None:
-        """Buffer the per-pair metrics of a step, averaged over every process's pairs, until the next log.
-
-        One gather for all of them, and no host synchronisation on the step's path: the averages stay
-        on the device until ``_drain_metrics`` reads them.
-        """
-        stacked = torch.stack([value.detach().float() for value in values.values()], dim=1)  # [B, K]
-        means = self.accelerator.gather_for_metrics(stacked).mean(dim=0)
-        for key, mean in zip(values, means):
-            self._metrics[mode][key].append(mean)
-
-    def _count_skipped(self, inputs: dict, mode: str, empty: bool) -> bool:
-        """Add the batch's corrupt and (streamed) tied rows, over all processes, to the training counters;
-        return whether any process has an empty batch (one collective for both)."""
-        counts = torch.stack([inputs["num_corrupt"], inputs["num_ties"], torch.tensor(int(empty))]).to(self.accelerator.device)
-        corrupt, ties, empty_batches = self.accelerator.gather(counts.reshape(1, 3)).sum(dim=0).tolist()
-        if mode == "train":
-            self.corrupt_skipped += corrupt
-            self.ties_dropped += ties
-        return empty_batches > 0
-
     def _drain_metrics(self, mode: str) -> dict[str, float]:
-        """Averages of the metrics buffered since the last log, then an empty buffer; plus the credit
-        strategy's own metrics (a snapshot of its state now)."""
-        metrics = {key: torch.stack(values).mean().item() for key, values in self._metrics[mode].items() if values}
+        """The averages buffered since the last log (over every process), the strategy's own metrics and, for
+        training, the data counters. Raises if a non-finite value was seen."""
+        self.metrics.check_finite(self.credit.name)
+        metrics = self.metrics.drain(mode)
         if metrics and self.args.loss_type != "sft":
             metrics.update({f"credit/{key}": value for key, value in self.credit.metrics().items()})
-        self._metrics[mode].clear()
+        if mode == "train":
+            streamed = self.metrics.totals()
+            metrics["data/ties_dropped"] = self.ties_dropped + streamed.get("ties_dropped", 0)
+            metrics["data/corrupt_skipped"] = self.corrupt_skipped + streamed.get("corrupt_skipped", 0)
         return metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:  # evaluation metrics travel with evaluate()'s own output instead
-            logs = {**logs, **self._drain_metrics("train"),
-                    "data/ties_dropped": self.ties_dropped, "data/corrupt_skipped": self.corrupt_skipped}
+            logs = {**logs, **self._drain_metrics("train")}
         super().log(logs, start_time)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -380,17 +348,32 @@ class DDEDiffusionTrainer(Trainer):
 
     # ---- saving and resuming -----------------------------------------------------------------------
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False, format: str = "diffusers") -> None:
+        """Save the trained weights. ``format="diffusers"`` (default): the LoRA file ``pipe.load_lora_weights``
+        reads, or the full ``unet/`` folder. ``format="kohya"`` (LoRA only) also writes the adapter in the kohya
+        key format AUTOMATIC1111 and ComfyUI load (``pytorch_lora_weights_kohya.safetensors``)."""
+        if format not in ("diffusers", "kohya"):
+            raise ValueError(f"format must be 'diffusers' or 'kohya', got {format!r}.")
+        if format == "kohya" and not self.is_lora:
+            raise ValueError("format='kohya' exports LoRA adapters; this run trains the full model (saved as diffusers folders).")
+        super().save_model(output_dir, _internal_call)
+        if format == "kohya" and self.args.should_save:
+            self.family.save_kohya(self.model, output_dir or self.args.output_dir)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Diffusers-format weights (LoRA file or ``unet/``) instead of transformers' ``model.safetensors``."""
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        save_unet_weights(_unwrap(self.model), output_dir, type(self.pipeline), state_dict)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        os.makedirs(output_dir, exist_ok=True)
+        save = self.family.save_lora if self.is_lora else self.family.save_full
+        save(self.model, output_dir, state_dict)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):  # the final model, not a checkpoint
             self.create_model_card()
 
     def _save_checkpoint(self, model, trial) -> None:
+        self.metrics.check_finite(self.credit.name)  # never write a checkpoint of weights a non-finite step touched
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
@@ -422,14 +405,18 @@ class DDEDiffusionTrainer(Trainer):
         self.credit.load_state_dict(safetensors.torch.load_file(path, device=str(self.args.device)))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        load_unet_weights(_unwrap(model or self.model), resume_from_checkpoint)
+        load = self.family.load_lora if self.is_lora else self.family.load_full
+        load(model or self.model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           base_model: str | None = None, **kwargs) -> None:
         """Write ``README.md`` (a diffusers model card) into ``output_dir``; ``push_to_hub`` uploads it."""
         if not self.is_world_process_zero():
             return
-        unet = _unwrap(self.model)
+        denoiser = unwrap_model(self.model)
         logged = [entry for entry in self.state.log_history if "loss" in entry and "train_runtime" not in entry]
         final = {k: v for k, v in (logged[-1] if logged else {}).items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
         final.update({k: v for entry in self.state.log_history for k, v in entry.items() if k.startswith("eval_")})
@@ -442,7 +429,7 @@ class DDEDiffusionTrainer(Trainer):
             credit=self.credit.name,
             credit_options=self.credit.extra_repr(),
             is_lora=self.is_lora,
-            lora={k: v for k, v in unet.peft_config["default"].to_dict().items() if k in ("r", "lora_alpha", "lora_dropout", "target_modules")}
+            lora={k: v for k, v in denoiser.peft_config["default"].to_dict().items() if k in ("r", "lora_alpha", "lora_dropout", "target_modules")}
             if self.is_lora else None,
             hyperparameters={key: getattr(self.args, key) for key in HYPERPARAMETERS},
             metrics=final,
@@ -451,9 +438,6 @@ class DDEDiffusionTrainer(Trainer):
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(render_model_card(data))
 
-    def _load_best_model(self) -> None:
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
-
     @property
     def is_lora(self) -> bool:
-        return has_lora(_unwrap(self.model))
+        return bool(getattr(unwrap_model(self.model), "peft_config", None))

@@ -4,7 +4,8 @@ The denoising step index counted from pure noise in a ``K``-step sampler is
 ``k(τ) = (T-1-τ) // (T // K)``; early steps (large ``τ``) get more credit, ``∝ γ^k``.
 ``mode="sample"`` (default, as in the official code) draws ``τ`` with probability ``∝ γ^k`` and keeps
 uniform's margin; ``mode="weight"`` samples uniformly and multiplies the margin by
-``γ^k · Z_norm``, with ``Z_norm`` making the weights average 1 over the sampled range.
+``γ^k · Z_norm``, with ``Z_norm`` making the weights average 1 over the sampled range. The margin is
+uniform's, in the same ``error_space``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .base import CreditAssigner, DenoisingOutputs, register_credit
-from .uniform import epsilon_margin
+from .uniform import check_error_space, denoising_margin
 
 __all__ = ["DiscountedCredit"]
 
@@ -21,15 +22,19 @@ __all__ = ["DiscountedCredit"]
 class DiscountedCredit(CreditAssigner):
     """Dense-reward discounting ``γ^k`` as a sampling distribution (``mode="sample"``) or a margin weight."""
 
+    supported_processes = None
+
     def __init__(
         self,
-        alphas_cumprod: torch.Tensor,
+        process,
         timestep_range=None,
         gamma: float = 0.9,
         num_steps: int = 50,
         mode: str = "sample",
+        error_space: str | None = None,
     ):
-        super().__init__(alphas_cumprod, timestep_range)
+        super().__init__(process, timestep_range)
+        self.error_space = check_error_space(error_space, self.process)
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}.")
         if not 1 <= num_steps <= self.num_timesteps:
@@ -45,13 +50,16 @@ class DiscountedCredit(CreditAssigner):
         self.register_buffer("margin_weights", (discounts / discounts[lo:hi].mean()).float(), persistent=False)
 
     def timestep_weights(self) -> torch.Tensor:
-        return self.discounts if self.mode == "sample" else torch.ones(self.num_timesteps)
+        if self.mode == "sample":
+            return self.discounts.double().cpu() * self.process.timestep_weights()
+        return self.process.timestep_weights()
 
     def margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
-        z = epsilon_margin(outputs)
+        z = denoising_margin(outputs, self.error_space)
         if self.mode == "weight":
-            z = z * self.margin_weights.to(z.device)[outputs.timesteps.to(z.device)]
+            z = z * self.margin_weights[outputs.timesteps]
         return z
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, gamma={self.gamma}, num_steps={self.num_steps}, mode={self.mode!r}"
+        return (f"{super().extra_repr()}, gamma={self.gamma}, num_steps={self.num_steps}, mode={self.mode!r}, "
+                f"error_space={self.error_space!r}")

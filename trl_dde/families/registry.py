@@ -1,0 +1,77 @@
+"""Registry of model families, and loading a pipeline together with its family."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+import torch
+from diffusers import DiffusionPipeline
+
+from .base import ModelFamily
+
+__all__ = ["available_families", "family_class_for", "load_pipeline", "register_family", "scheduler_config_of"]
+
+_FamilyType = TypeVar("_FamilyType", bound=type[ModelFamily])
+_REGISTRY: dict[str, type[ModelFamily]] = {}
+
+
+def register_family(name: str) -> Callable[[_FamilyType], _FamilyType]:
+    """Class decorator that makes a ``ModelFamily`` subclass available for its ``pipeline_class``."""
+
+    def decorator(cls: _FamilyType) -> _FamilyType:
+        if not (isinstance(cls, type) and issubclass(cls, ModelFamily)):
+            raise TypeError(f"register_family({name!r}) must decorate a ModelFamily subclass, got {cls!r}.")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"A model family named {name!r} is already registered ({_REGISTRY[name].__name__}).")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def available_families() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _supported() -> str:
+    return ", ".join(f"{cls.pipeline_class.__name__} ({name})" for name, cls in sorted(_REGISTRY.items()))
+
+
+def family_class_for(pipeline: DiffusionPipeline | str | os.PathLike, revision: str | None = None) -> type[ModelFamily]:
+    """The family of a pipeline instance, or of a hub id / folder (read from its ``model_index.json`` only)."""
+    if isinstance(pipeline, DiffusionPipeline):
+        class_name = type(pipeline).__name__
+        matches = [cls for cls in _REGISTRY.values() if isinstance(pipeline, cls.pipeline_class)]
+    else:
+        class_name = DiffusionPipeline.load_config(pipeline, revision=revision).get("_class_name")
+        matches = [cls for cls in _REGISTRY.values() if cls.pipeline_class.__name__ == class_name]
+    if not matches:
+        raise ValueError(f"{class_name} is not supported; trl-dde trains {_supported()}.")
+    return matches[0]
+
+
+def load_pipeline(
+    model: str | os.PathLike | DiffusionPipeline,
+    torch_dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+) -> ModelFamily:
+    """The family of ``model`` wrapping its pipeline: an instance is used as is; a hub id or a folder saved with
+    ``save_pretrained`` is loaded with the family's ``from_pretrained`` arguments (no safety checker, ...)."""
+    family = family_class_for(model, revision=revision)
+    if not isinstance(model, DiffusionPipeline):
+        kwargs = {"torch_dtype": torch_dtype, "variant": variant, "revision": revision}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        model = family.pipeline_class.from_pretrained(model, **kwargs, **family.from_pretrained_kwargs())
+    return family(model)
+
+
+def scheduler_config_of(model: str | os.PathLike | DiffusionPipeline, revision: str | None = None) -> dict:
+    """The scheduler config of a pipeline instance, or of a hub id / folder (its ``scheduler/`` json only)."""
+    if isinstance(model, DiffusionPipeline):
+        return dict(model.scheduler.config)
+    from diffusers import DDPMScheduler  # any scheduler class reads the raw scheduler_config.json
+
+    return DDPMScheduler.load_config(model, subfolder="scheduler", revision=revision)
