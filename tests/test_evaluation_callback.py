@@ -81,7 +81,8 @@ def test_two_processes_generate_once_and_stay_in_sync(tmp_path):
     """Under DDP only the main process generates and scores; both ranks end with the same weights."""
     worker = os.path.join(os.path.dirname(__file__), "evaluation_distributed_worker.py")
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", worker, str(tmp_path)]
+    # --standalone rendezvous on a free port: a fixed port collides with other runs on a shared machine
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", worker, str(tmp_path)]
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]

@@ -280,6 +280,8 @@ def test_rewards_must_return_one_finite_score_per_image(images):
         load_reward(lambda images, prompts: [1.0])(images, PROMPTS)
     with pytest.raises(ValueError, match="4 images but 3 prompts"):
         load_reward(brightness)(images, PROMPTS[:3])
+    with pytest.raises(ValueError, match="returned nan for image 1 \\(prompt 'a blue disc'\\)"):
+        load_reward(lambda images, prompts: [0.0, float("nan"), 0.0, 0.0])(images, PROMPTS)
 
 
 def test_combine_rewards_is_the_weighted_sum(images):

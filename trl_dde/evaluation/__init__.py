@@ -15,6 +15,15 @@ _EXPORTS = {
     "image_grid": "reports", "markdown_table": "reports", "write_csv": "reports", "write_json": "reports",
     "Reward": "rewards", "available_rewards": "rewards", "combine_rewards": "rewards", "load_reward": "rewards",
     "register_reward": "rewards",
+    "available_prompt_sets": "prompts", "load_prompts": "prompts",
+    "GenerationSettings": "generation", "ModelSpec": "generation", "PairedImages": "generation",
+    "generate_paired": "generation", "image_seed": "generation",
+    "comparison_grid": "scoring", "results_table": "scoring", "score_images": "scoring", "summarize": "scoring",
+    "write_report": "scoring",
+    "ValidationCallback": "callback",
+    "GradientProbe": "diagnostics", "MeasuredWeights": "diagnostics", "analytic_credit_weights": "diagnostics",
+    "load_correction_history": "diagnostics", "plot_correction_terms": "diagnostics", "plot_credit_weights": "diagnostics",
+    "plot_single_shot_coefficient": "diagnostics", "run_diagnostics": "diagnostics",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 __all__ = ["add_eval_arguments", "run_eval"]
 
 BUILTIN_SCORERS = ("pickscore", "hpsv2", "clip", "aesthetic", "imagereward")  # kept equal to available_rewards() by a test
 DEFAULT_SCORERS = ["pickscore", "hpsv2", "clip", "aesthetic"]
+DEFAULT_OUTPUT_DIR = "trl-dde-eval"
 
 
 def _json_object(text: str) -> dict:
+    """A JSON object given inline or as the path of a ``.json`` file."""
+    if text.endswith(".json") and os.path.isfile(text):
+        with open(text, encoding="utf-8") as handle:
+            text = handle.read()
     value = json.loads(text)
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"hpsv2\": {{\"version\": \"v2.0\"}}}}', got {text!r}")
@@ -59,10 +66,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                          help=f"registered ({', '.join(BUILTIN_SCORERS)}) or 'module:function' / 'file.py:function' "
                               f"rewards (default: {' '.join(DEFAULT_SCORERS)})")
     scoring.add_argument("--scorer_kwargs", type=_json_object, default={},
-                         help='options per scorer as JSON, e.g. \'{"hpsv2": {"version": "v2.0"}, "clip": {"scale": '
-                              '"x100"}, "pickscore": {"model": "/local/PickScore_v1"}}\'')
+                         help='options per scorer as JSON (inline or a .json file), e.g. \'{"hpsv2": {"version": '
+                              '"v2.0"}, "clip": {"scale": "x100"}, "pickscore": {"model": "/local/PickScore_v1"}}\'')
     scoring.add_argument("--scorer_batch_size", type=int, default=16, help="images per scorer forward pass (default 16)")
-    scoring.add_argument("--output_dir", default="trl-dde-eval", help="where images and reports go (default: trl-dde-eval)")
+    scoring.add_argument("--output_dir", default=None,
+                         help="where images and reports go (default: trl-dde-eval; with --diagnostics: RUN_DIR/diagnostics)")
     scoring.add_argument("--rescore", action="store_true",
                          help="score the images already in --output_dir (written by an earlier run) without generating")
     scoring.add_argument("--grid_rows", type=int, default=8, help="rows of the side-by-side grid (default 8)")
@@ -79,8 +87,7 @@ def _fail(message: str):
 def _run_diagnostics(options) -> dict:
     from .diagnostics import run_diagnostics
 
-    output_dir = None if options.output_dir == "trl-dde-eval" else options.output_dir
-    written = run_diagnostics(options.diagnostics, output_dir=output_dir, model=options.model)
+    written = run_diagnostics(options.diagnostics, output_dir=options.output_dir, model=options.model)
     if "correction_terms" not in written:
         print("No stepwise correction terms in this run (only dde and dde-step have them): Fig. 7 skipped.")
     for name, path in written.items():
@@ -99,15 +106,29 @@ def _load_scorer(spec: str, options):
     return load_reward(spec, **kwargs)
 
 
+def _free_memory() -> None:
+    """Release a finished phase's models before the next one loads (one large model at a time on the device)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_eval(options: argparse.Namespace) -> dict:
     """Run ``trl-dde eval`` with parsed ``options``; returns the summary (or the diagnostics' paths)."""
     if options.diagnostics:
         return _run_diagnostics(options)
+    options.output_dir = options.output_dir or DEFAULT_OUTPUT_DIR
     from .rewards import available_rewards
 
     unknown = [spec for spec in options.scorers if spec not in available_rewards() and ":" not in spec]
     if unknown:
         _fail(f"unknown scorer(s) {unknown}; registered: {', '.join(available_rewards())}, or 'module:function'.")
+    if len(set(options.scorers)) != len(options.scorers):
+        _fail(f"--scorers names a scorer twice: {options.scorers}.")
     stray = sorted(set(options.scorer_kwargs) - set(options.scorers))
     if stray:
         _fail(f"--scorer_kwargs has options for {stray}, which are not in --scorers {options.scorers}.")
@@ -115,8 +136,6 @@ def run_eval(options: argparse.Namespace) -> dict:
         _fail("--rescore scores existing images; it takes no --model, --adapter or --unet.")
     if not options.rescore and not options.model:
         _fail("--model (the base pipeline) is required, unless --rescore scores images already generated.")
-
-    import gc
 
     import torch
 
@@ -138,17 +157,23 @@ def run_eval(options: argparse.Namespace) -> dict:
                                max_prompts=options.max_prompts)
         dtype = getattr(torch, options.torch_dtype) if options.torch_dtype else None
         images = generate_paired(options.model, models, prompts, options.output_dir, settings, options.device, dtype)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _free_memory()
     scores, scorers = {label: {} for label in images.labels}, {}
     for spec in options.scorers:  # one scorer in memory at a time
-        reward = _load_scorer(spec, options)
+        try:
+            reward = _load_scorer(spec, options)
+        except Exception:
+            print(f"trl-dde eval: the images are saved in {options.output_dir}; once the scorer loads, `trl-dde eval "
+                  f"--rescore --output_dir {options.output_dir} --scorers ...` scores them without generating again.",
+                  file=sys.stderr)
+            raise
+        if reward.name in scorers:
+            _fail(f"two scorers are both named {reward.name!r}; the report needs distinct names.")
         for label, values in score_images(images, [reward]).items():
             scores[label].update(values)
         scorers[reward.name] = reward.description
         del reward
-        gc.collect()
+        _free_memory()
     summary = summarize(scores)
     paths = write_report(options.output_dir, images, scores, summary, scorers, options.grid_rows)
     print("\n" + results_table(summary) + "\n")

@@ -58,6 +58,10 @@ class Reward:
         if scores.numel() != len(images):
             raise ValueError(f"Reward {self.name!r} returned {scores.numel()} scores for {len(images)} images; a reward "
                              "must return one score per image.")
+        if not torch.isfinite(scores).all():
+            bad = int((~torch.isfinite(scores)).nonzero()[0])
+            raise ValueError(f"Reward {self.name!r} returned {scores[bad].item()} for image {bad} (prompt {prompts[bad]!r}); "
+                             "scores must be finite.")
         return scores
 
     def __repr__(self) -> str:

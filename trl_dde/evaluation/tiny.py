@@ -10,12 +10,14 @@
 * ``clip-vit-l/``: a stand-in for ``openai/clip-vit-large-patch14``;
 * ``aesthetic/aesthetic-model.pth``: the LAION predictor's MLP for ``clip-vit-l``'s embeddings.
 
-and returns the keyword arguments that point each registered scorer at them. The scores mean nothing;
+and returns the keyword arguments that point each registered scorer at them (also written to
+``scorer_kwargs.json``, which ``trl-dde eval --scorer_kwargs`` reads). The scores mean nothing;
 every loading and scoring path they exercise is the real one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -112,9 +114,11 @@ def save_tiny_scorers(folder: str | os.PathLike, seed: int = 0) -> dict[str, dic
     (folder / "aesthetic").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed + 3)
     torch.save(AestheticMLP(clip_h.config.projection_dim).state_dict(), folder / "aesthetic" / PREDICTOR_FILE)
-    return {
+    kwargs = {
         "pickscore": {"model": str(folder / "pickscore"), "processor": str(folder / "clip-vit-h")},
         "hpsv2": {"checkpoint": str(folder / "hpsv2"), "architecture": str(folder / "clip-vit-h")},
         "clip": {"model": str(folder / "clip-vit-l")},
         "aesthetic": {"predictor": str(folder / "aesthetic"), "clip_model": str(folder / "clip-vit-l")},
     }
+    (folder / "scorer_kwargs.json").write_text(json.dumps(kwargs, indent=2) + "\n")
+    return kwargs
