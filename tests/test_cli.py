@@ -53,12 +53,6 @@ def test_train_from_yaml_on_local_folders_and_load_result(tmp_path, pipeline_fol
     assert args.beta == 2000 and args.credit_kwargs == {"gamma": 0.95, "mode": "weight"} and args.timestep_range == [100, 900]
 
 
-def test_eval_says_it_is_not_available_yet(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["eval"])
-    assert exit_info.value.code == 2 and "not part of this release yet" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["demo", "--help"]])
 def test_help_texts(argv):
     result = subprocess.run([sys.executable, "-m", "trl_dde.cli", *argv], capture_output=True, text=True, timeout=120)

@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     from .demo import add_demo_arguments, run_demo
 
     add_demo_arguments(demo)
-    commands.add_parser("eval", help="score a trained model against its base (not available yet)")
+    evaluate = commands.add_parser("eval", help="compare tuned models with their base (paired images, scorers, beat "
+                                                "ratios), or draw credit diagnostics of a run (--diagnostics RUN_DIR)")
+    from .evaluation.cli import add_eval_arguments, run_eval
+
+    add_eval_arguments(evaluate)
     if argv[:1] == ["train"]:
         train(argv[1:])
         return
@@ -106,9 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.command == "demo":
         run_demo(options)
     elif options.command == "eval":
-        parser.exit(2, "trl-dde eval: evaluation (scorers, paired generation, beat ratios) is not part of this "
-                       "release yet. Until then, load the adapter with pipe.load_lora_weights(...) and score "
-                       "generations with your own metric.\n")
+        run_eval(options)
     else:
         parser.print_help()
 

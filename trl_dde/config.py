@@ -46,6 +46,13 @@ class DDEConfig(TrainingArguments):
 
         vae (`str`, *optional*): replacement VAE, e.g. an fp16-safe SDXL VAE (SDXL's own VAE stays fp32).
         torch_dtype / model_revision / model_variant: passed to `from_pretrained` when `model` is a hub id or folder.
+
+        > Validation during training
+
+        validation_prompts (`list[str]`, *optional*): generate images for these prompts every `validation_steps`
+            steps (see `trl_dde.evaluation.ValidationCallback`), with `validation_num_images`, `validation_seed`,
+            `validation_guidance_scale`, `validation_num_inference_steps`, and optionally log the mean of
+            `validation_scorer`.
     """
 
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "credit_kwargs"]
@@ -156,6 +163,23 @@ class DDEConfig(TrainingArguments):
     model_revision: str | None = field(default=None, metadata={"help": "Revision of the model to load."})
     model_variant: str | None = field(default=None, metadata={"help": "Weights variant to load, e.g. fp16."})
 
+    # Validation during training
+    validation_prompts: list[str] | None = field(
+        default=None,
+        metadata={"help": "Prompts to generate validation images for during training (off when unset); images go to "
+                          "output_dir/validation/ and to the trackers in report_to (tensorboard, wandb)."},
+    )
+    validation_steps: int = field(default=100, metadata={"help": "Generate validation images every X optimizer steps."})
+    validation_num_images: int = field(default=1, metadata={"help": "Validation images per prompt."})
+    validation_seed: int = field(default=0, metadata={"help": "Seed of the validation images (the same at every step)."})
+    validation_guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance of validation images."})
+    validation_num_inference_steps: int = field(default=25, metadata={"help": "Sampler steps of validation images."})
+    validation_scorer: str | None = field(
+        default=None,
+        metadata={"help": "Optional reward whose mean over the validation images is logged as validation/<name>: "
+                          "pickscore, hpsv2, clip, aesthetic, or 'module:function'."},
+    )
+
     def __post_init__(self):
         # For a UNet "gradient checkpointing" is the native term; map it onto transformers' new name quietly.
         if self.gradient_checkpointing is not None and self.activation_checkpointing is None:
@@ -180,3 +204,26 @@ class DDEConfig(TrainingArguments):
             if len(self.timestep_range) != 2:
                 raise ValueError(f"timestep_range must be [lo, hi), got {self.timestep_range}.")
             self.timestep_range = [int(v) for v in self.timestep_range]
+        self._check_validation_arguments()
+
+    def _check_validation_arguments(self) -> None:
+        """The ``validation_*`` fields: sizes, a known scorer, and a parallelism that keeps the UNet whole."""
+        if not self.validation_prompts:
+            return
+        if any(not isinstance(prompt, str) or not prompt.strip() for prompt in self.validation_prompts):
+            raise ValueError(f"validation_prompts must be non-empty strings, got {self.validation_prompts}.")
+        for name in ("validation_steps", "validation_num_images", "validation_num_inference_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.validation_guidance_scale < 0:
+            raise ValueError(f"validation_guidance_scale must be >= 0, got {self.validation_guidance_scale}.")
+        if self.validation_scorer is not None and ":" not in self.validation_scorer:
+            from .evaluation.rewards import available_rewards
+
+            if self.validation_scorer not in available_rewards():
+                raise ValueError(f"validation_scorer {self.validation_scorer!r} is not a registered reward "
+                                 f"({', '.join(available_rewards())}) nor a 'module:function' import string.")
+        deepspeed_zero3 = getattr(self, "hf_deepspeed_config", None) is not None and self.hf_deepspeed_config.is_zero3()
+        if self.fsdp or deepspeed_zero3:
+            raise ValueError("validation_prompts cannot be used with FSDP or DeepSpeed ZeRO-3: the main process would "
+                             "need the whole UNet to generate. Generate from a saved checkpoint with `trl-dde eval` instead.")
