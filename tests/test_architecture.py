@@ -163,3 +163,35 @@ def test_families_are_found_by_pipeline_class(tmp_path, pipeline_folder):
     with pytest.raises(ValueError, match=r"Unknown is not supported; trl-dde trains StableDiffusionPipeline \(sd\), StableDiffusionXLPipeline \(sdxl\)"):
         family_class_for(Unknown())
     assert issubclass(StableDiffusionFamily.pipeline_class, StableDiffusionPipeline)
+
+
+def test_the_full_fine_tune_reference_is_placed_not_wrapped(tmp_path):
+    """Without DeepSpeed/FSDP the reference goes through accelerate's prepare_model(evaluation_mode=True): on the
+    device, frozen, never wrapped in DDP (it has no gradients to synchronise)."""
+    trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(), args=make_args(tmp_path), train_dataset=tiny_preference_dataset(4))
+    reference = trainer.ref_model
+    assert type(reference).__name__ == "UNet2DConditionModel" and not reference.training
+    assert all(not p.requires_grad and p.device == trainer.accelerator.device for p in reference.parameters())
+    assert any(model is reference for model in trainer.accelerator._models)
+
+
+@pytest.mark.parametrize("backend", ["deepspeed", "fsdp"])
+def test_sharded_backends_prepare_the_reference_like_trl(backend, monkeypatch):
+    """DeepSpeed and FSDP need CUDA (transformers falls back to DDP on CPU), so only the dispatch is tested here:
+    the reference goes to TRL's prepare_deepspeed / prepare_fsdp, as TRL's own trainers do."""
+    import trl.models.utils
+
+    from trl_dde.reference import prepare_reference
+
+    calls = []
+    monkeypatch.setattr(trl.models.utils, f"prepare_{backend}", lambda model, accelerator: calls.append(model) or "prepared")
+
+    class State:
+        deepspeed_plugin = object() if backend == "deepspeed" else None
+        fsdp_plugin = object() if backend == "fsdp" else None
+
+    class Accelerator:
+        state = State()
+
+    reference = torch.nn.Linear(2, 2)
+    assert prepare_reference(reference, Accelerator()) == "prepared" and calls == [reference]
