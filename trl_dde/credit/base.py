@@ -1,17 +1,15 @@
-"""The credit-assignment contract: ``DenoisingOutputs``, the ``CreditAssigner`` base and its registry.
+"""The credit-assignment contract: ``DenoisingOutputs`` and the ``CreditAssigner`` base.
 
 A strategy never sees a model. The trainer runs the policy and the reference once each on the
 ``[winners; losers]`` batch, converts their outputs to epsilon predictions and hands the strategy a
 ``DenoisingOutputs``. The strategy decides which timesteps are trained (``sample_timesteps``) and how
 much each pair's implicit reward margin counts (``margin``); stateful strategies update themselves
-after the loss (``update``). The registry mirrors PEFT's method registry: each strategy module
-registers itself under a name, and ``get_credit(name, **kwargs)`` builds it.
+after the loss (``update``). Strategies register themselves in ``registry.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -19,9 +17,6 @@ from torch import nn
 __all__ = [
     "CreditAssigner",
     "DenoisingOutputs",
-    "available_credits",
-    "get_credit",
-    "register_credit",
     "squared_error",
 ]
 
@@ -142,34 +137,3 @@ class CreditAssigner(nn.Module):
 
     def extra_repr(self) -> str:
         return f"T={self.num_timesteps}, timestep_range={list(self.timestep_range)}"
-
-
-_CreditType = TypeVar("_CreditType", bound=type[CreditAssigner])
-_REGISTRY: dict[str, type[CreditAssigner]] = {}
-
-
-def register_credit(name: str) -> Callable[[_CreditType], _CreditType]:
-    """Class decorator that makes a ``CreditAssigner`` subclass available as ``get_credit(name)``."""
-
-    def decorator(cls: _CreditType) -> _CreditType:
-        if not (isinstance(cls, type) and issubclass(cls, CreditAssigner)):
-            raise TypeError(f"register_credit({name!r}) must decorate a CreditAssigner subclass, got {cls!r}.")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"A credit strategy named {name!r} is already registered ({_REGISTRY[name].__name__}).")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def available_credits() -> list[str]:
-    """Names accepted by ``get_credit``, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get_credit(name: str, **kwargs) -> CreditAssigner:
-    """Build the strategy registered as ``name``; ``kwargs`` go to its constructor (``alphas_cumprod`` at least)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown credit strategy {name!r}. Available: {', '.join(available_credits())}.")
-    return _REGISTRY[name](**kwargs)

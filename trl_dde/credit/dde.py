@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from ..schedule import posterior_mean_error_coefficient, single_shot_x0
-from .base import CreditAssigner, DenoisingOutputs, register_credit, squared_error
+from .base import CreditAssigner, DenoisingOutputs, squared_error
+from .registry import register_credit
 from .uniform import epsilon_margin
 
 __all__ = ["DDECredit", "DDESingleCredit", "DDEStepCredit", "StepwiseCorrectedCredit", "single_shot_margin"]

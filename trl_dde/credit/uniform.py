@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import CreditAssigner, DenoisingOutputs, register_credit, squared_error
+from .base import CreditAssigner, DenoisingOutputs, squared_error
+from .registry import register_credit
 
 __all__ = ["UniformCredit", "epsilon_margin"]
 
