@@ -191,17 +191,45 @@ def test_bf16_casts_print_no_empty_float32_warning(pipeline, capfd):
     assert "kept in float32" not in capfd.readouterr().err
 
 
-def test_example_configs_parse_into_ddeconfig():
+EXAMPLES = ("sd15_lora.yaml", "sdxl_lora.yaml", "sd15_full_8bit.yaml")
+
+
+def parse_example(name, *overrides):
     from trl import TrlParser
 
     from trl_dde import DDEConfig
     from trl_dde.cli import ScriptArguments
 
-    for name in ("sd15_lora.yaml", "sdxl_lora.yaml", "sd15_full_8bit.yaml"):
-        script, args = TrlParser((ScriptArguments, DDEConfig)).parse_args_and_config(
-            ["--config", f"examples/{name}", "--use_cpu", "true", "--bf16", "false", "--optim", "adamw_torch"])
-        assert script.model_name_or_path and script.dataset_name == "yuvalkirstain/pickapic_v2"
-        assert args.credit == "dde" and args.activation_checkpointing
+    return TrlParser((ScriptArguments, DDEConfig)).parse_args_and_config(
+        ["--config", os.path.join(REPO, "examples", name), "--use_cpu", "true", "--bf16", "false",
+         "--optim", "adamw_torch", *overrides])
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_configs_parse_into_ddeconfig(name):
+    script, args = parse_example(name)
+    assert script.model_name_or_path and script.dataset_name == "yuvalkirstain/pickapic_v2"
+    assert args.credit == "dde" and args.activation_checkpointing
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_learning_rates_are_in_the_range_their_sources_use(name):
+    """Bug 3: the full fine-tune trained at 2.05e-8, 1000x below the paper; every example's effective rate is checked."""
+    processes = yaml.safe_load(open(os.path.join(REPO, "examples", "accelerate_configs", "multi_gpu.yaml")))["num_processes"]
+    _, args = parse_example(name)
+    rate = (args.learning_rate_per_pair * args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+            if args.learning_rate_per_pair else args.learning_rate)
+    assert 1e-6 <= rate <= 1e-4, rate  # Diffusion-DPO/DDE full fine-tunes: 2.048e-5; diffusers' LoRA recipes: 1e-5
+
+
+def test_the_full_fine_tune_example_is_the_papers_setting():
+    """DDE Suppl. 8.1 / Diffusion-DPO launchers: batch 2048, 1e-8 per pair (`--scale_lr`) = 2.048e-5, 2000 steps."""
+    config = yaml.safe_load(open(os.path.join(REPO, "examples", "sd15_full_8bit.yaml")))
+    processes = yaml.safe_load(open(os.path.join(REPO, "examples", "accelerate_configs", "multi_gpu.yaml")))["num_processes"]
+    pairs = config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] * processes
+    assert pairs == 2048 and "learning_rate" not in config
+    assert config["learning_rate_per_pair"] * pairs == pytest.approx(2.048e-5)
+    assert (config["max_steps"], config["warmup_steps"], config["beta"]) == (2000, 500, 5000)
 
 
 def test_compare_script_runs_strategies_on_equal_terms(tmp_path, pipeline_folder):
