@@ -222,6 +222,16 @@ def test_example_learning_rates_are_in_the_range_their_sources_use(name):
     assert 1e-6 <= rate <= 1e-4, rate  # Diffusion-DPO/DDE full fine-tunes: 2.048e-5; diffusers' LoRA recipes: 1e-5
 
 
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_need_no_logging_package(name, monkeypatch):
+    """Bug 11: the YAMLs set report_to: tensorboard, which stopped every run without tensorboard installed."""
+    import transformers.integrations
+
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: [])
+    _, args = parse_example(name)
+    assert args.report_to in ([], ["none"], "none")
+
+
 def test_the_full_fine_tune_example_is_the_papers_setting():
     """DDE Suppl. 8.1 / Diffusion-DPO launchers: batch 2048, 1e-8 per pair (`--scale_lr`) = 2.048e-5, 2000 steps."""
     config = yaml.safe_load(open(os.path.join(REPO, "examples", "sd15_full_8bit.yaml")))

@@ -108,5 +108,5 @@ def test_a_missing_logging_integration_is_refused_before_the_model_loads(tmp_pat
     available = transformers.integrations.get_available_reporting_integrations
     monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations",
                         lambda: [name for name in available() if name != "tensorboard"])
-    with pytest.raises(ValueError, match=r"tensorboard is not installed. Install it \(pip install 'trl-dde\[tensorboard\]'\)"):
+    with pytest.raises(ValueError, match=r"report_to='tensorboard': tensorboard is not installed. Install it or set"):
         config(tmp_path, report_to="tensorboard")

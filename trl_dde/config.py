@@ -258,6 +258,5 @@ class DDEConfig(TrainingArguments):
                 raise ValueError(f"DDEConfig.report_to={name!r} is not a logging integration. Choose from "
                                  f"{sorted(INTEGRATION_TO_CALLBACK)}, or 'none'.")
             if name not in installed:
-                install = "pip install 'trl-dde[tensorboard]'" if name == "tensorboard" else f"pip install {name}"
-                raise ValueError(f"DDEConfig.report_to={name!r}: {name} is not installed. Install it ({install}) "
-                                 "or set report_to='none'.")
+                raise ValueError(f"DDEConfig.report_to={name!r}: {name} is not installed. Install it or set "
+                                 "report_to='none'.")
