@@ -97,7 +97,7 @@ def card_data_for(trainer, model_name: str | None = None, dataset_name: str | No
 
     The title is ``model_name``, else the name part of ``hub_model_id``, else the output folder's name; the
     dataset is ``dataset_name``, else the name the training dataset knows itself by. Only the whitelisted
-    ``HYPERPARAMETERS`` are read from the arguments, so no token or path of the machine leaks into the card.
+    ``HYPERPARAMETERS`` are read from the arguments, so no token can reach the card.
     """
     args = trainer.args
     hub_model_id = trainer.hub_model_id or args.hub_model_id

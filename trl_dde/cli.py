@@ -150,7 +150,11 @@ def train(argv: list[str]):
                                   train_dataset=train_dataset, eval_dataset=eval_dataset, peft_config=peft_config)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
-    card = {"dataset_name": script.dataset_name, "base_model": script.model_name_or_path}
+    from .card import is_hub_id
+
+    # a local data path says less than the name the dataset object knows itself by
+    card = {"dataset_name": script.dataset_name if is_hub_id(script.dataset_name) else None,
+            "base_model": script.model_name_or_path}
     trainer.create_model_card(**card)
     print(f"Saved the trained {'LoRA adapter' if trainer.is_lora else 'UNet'} and its model card to {args.output_dir}")
     if args.push_to_hub:
