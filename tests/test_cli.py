@@ -14,6 +14,7 @@ from datasets import Dataset, DatasetDict
 from diffusers import StableDiffusionPipeline
 
 from trl_dde.cli import load_preference_split, main, train
+from trl_dde.credit import registry
 from trl_dde.tiny import tiny_preference_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +60,7 @@ def user_credit_folder(tmp_path, monkeypatch):
     (folder / "my_credits.py").write_text(USER_CREDIT)
     monkeypatch.chdir(folder)
     monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     yield folder
     sys.modules.pop("my_credits", None)
 

@@ -8,6 +8,7 @@ import pytest
 import transformers.integrations
 
 from trl_dde import DDEConfig
+from trl_dde.credit import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,6 +63,7 @@ def test_a_credit_class_spec_is_accepted_with_its_own_options(tmp_path, monkeypa
         "        self.factor = factor\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     args = config(tmp_path, credit="config_credits:Halved", credit_kwargs={"factor": 0.25})
     assert args.credit == "config_credits:Halved"
     with pytest.raises(ValueError, match="has no option 'factr'. Did you mean 'factor'"):

@@ -100,7 +100,7 @@ def test_a_class_registered_by_its_module_keeps_its_name(user_module):
 @pytest.mark.parametrize(
     "spec, error, words",
     [
-        ("unifrom", ValueError, ["Did you mean 'uniform'", "dde, dde-single, dde-step, discounted, uniform",
+        ("unifrom", ValueError, ["Did you mean 'uniform'", "Available: ", "dde-single", "discounted",
                                  "package.module:ClassName"]),
         ("no_such_module_anywhere:X", ModuleNotFoundError, ["no module named 'no_such_module_anywhere'", "PYTHONPATH"]),
         ("broken_credits:X", ImportError, ["importing 'broken_credits' failed", "a_package_that_is_not_installed"]),
