@@ -124,6 +124,7 @@ def train(argv: list[str]):
 
     from .config import DDEConfig
 
+    _search_current_folder()  # for --credit my_module:MyCredit
     parser = TrlParser((ScriptArguments, DDEConfig), prog="trl-dde train",
                        description="Train a Stable Diffusion pipeline on preference pairs. Options come from flags "
                                    "and/or a YAML file given with --config FILE.yaml (flags override the file).")
@@ -173,7 +174,6 @@ def _search_current_folder() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _search_current_folder()
     parser = argparse.ArgumentParser(
         prog="trl-dde",
         description="Diffusion DPO for Stable Diffusion with pluggable per-timestep credit assignment.",
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if command == "demo":
         from .demo import add_demo_arguments, run_demo
 
+        _search_current_folder()  # for --strategies my_module:MyCredit
         add_demo_arguments(demo)
     options = parser.parse_args(argv)
     if options.command == "demo":
