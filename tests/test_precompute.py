@@ -35,10 +35,12 @@ def test_first_step_loss_from_the_cache_equals_the_on_the_fly_loss(tmp_path, sav
     assert trainer.precomputed is not None and "posterior_w" in trainer.train_dataset[0]
     assert abs(on_the_fly["margin"]) > 1e-6 and on_the_fly["loss"] != pytest.approx(0.693147, abs=1e-4)
     # equal up to float rounding: the encoders see other batch compositions when caching (~1e-5 relative); the
-    # margin is a difference of O(1) errors, so its rounding is absolute (~1e-6), far below its size (~1e-3)
-    for key in ("loss", "mse/policy_chosen", "mse/ref_rejected", "timestep"):
+    # margin is a difference of O(1) errors, so its rounding is absolute (~1e-6), far below its size (~1e-3), and
+    # the loss sees it multiplied by beta = 5000
+    for key in ("mse/policy_chosen", "mse/ref_rejected", "timestep"):
         assert cached[key] == pytest.approx(on_the_fly[key], rel=1e-4, abs=1e-9), key
     assert cached["margin"] == pytest.approx(on_the_fly["margin"], abs=5e-6)
+    assert cached["loss"] == pytest.approx(on_the_fly["loss"], abs=5000 * 5e-6)
 
 
 def test_a_second_run_reuses_the_cache(tmp_path, saved_pairs):

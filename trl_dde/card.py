@@ -7,6 +7,7 @@ strategy and its options, key hyperparameters, the final metrics, a loading snip
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ModelCardData", "render_model_card"]
+__all__ = ["ModelCardData", "card_data_for", "dataset_name_of", "render_model_card"]
 
 CITATIONS = """```bibtex
 @article{shi2024dde,
@@ -59,6 +60,69 @@ class ModelCardData:
     base_model: str | None = None
     dataset_name: str | None = None
     lora: dict[str, Any] | None = field(default=None)
+
+
+def _plain(value: Any) -> Any:
+    """Enum members as their values (``linear``, not ``SchedulerType.LINEAR``), recursively in lists."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def dataset_name_of(dataset) -> str | None:
+    """The name a ``datasets`` object knows itself by, looking through wrappers that hold it as ``.dataset``.
+
+    ``info.dataset_name`` (else ``info.builder_name``), unless it is only the name of a generic file loader
+    (``parquet``, ``csv``, ...), with a non-default ``config_name`` in brackets.
+    """
+    from datasets import packaged_modules
+
+    for _ in range(4):  # e.g. the trainer's augmentation wrapper around the prepared Dataset
+        if getattr(dataset, "info", None) is not None or getattr(dataset, "dataset", None) is None:
+            break
+        dataset = dataset.dataset
+    info = getattr(dataset, "info", None)
+    generic = set(getattr(packaged_modules, "_PACKAGED_DATASETS_MODULES", {}))
+    name = next((n for n in (getattr(info, "dataset_name", None), getattr(info, "builder_name", None))
+                 if n and n not in generic), None)
+    config = getattr(info, "config_name", None)
+    return f"{name} ({config})" if name and config and config != "default" else name
+
+
+def card_data_for(trainer, model_name: str | None = None, dataset_name: str | None = None,
+                  base_model: str | None = None) -> ModelCardData:
+    """What the model card of a ``DDEDiffusionTrainer`` says, from its arguments, state and strategy.
+
+    The title is ``model_name``, else the name part of ``hub_model_id``, else the output folder's name; the
+    dataset is ``dataset_name``, else the name the training dataset knows itself by. Only the whitelisted
+    ``HYPERPARAMETERS`` are read from the arguments, so no token can reach the card.
+    """
+    args = trainer.args
+    hub_model_id = trainer.hub_model_id or args.hub_model_id
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry and "train_runtime" not in entry]
+    final = {k: v for k, v in (logged[-1] if logged else {}).items()
+             if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+    final.update({k: v for entry in trainer.state.log_history for k, v in entry.items() if k.startswith("eval_")})
+    lora = None
+    if trainer.is_lora:
+        adapter = trainer.accelerator.unwrap_model(trainer.model).peft_config["default"].to_dict()
+        lora = {k: _plain(v) for k, v in adapter.items() if k in ("r", "lora_alpha", "lora_dropout", "target_modules")}
+    return ModelCardData(
+        model_name=model_name or (hub_model_id.split("/")[-1] if hub_model_id else
+                                  os.path.basename(os.path.abspath(args.output_dir))),
+        repo_id=hub_model_id or args.output_dir,
+        base_model=base_model or (str(trainer.base_model_name) if trainer.base_model_name else None),
+        dataset_name=dataset_name or dataset_name_of(trainer.train_dataset),
+        pipeline_class=type(trainer.pipeline).__name__,
+        credit=trainer.credit.name,
+        credit_options=trainer.credit.extra_repr(),
+        is_lora=trainer.is_lora,
+        lora=lora,
+        hyperparameters={key: _plain(getattr(args, key)) for key in HYPERPARAMETERS},
+        metrics=final,
+    )
 
 
 def _usage(data: ModelCardData) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from transformers import TrainingArguments
 __all__ = ["DDEConfig"]
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "sft")
+DEFAULT_LEARNING_RATE = 1e-5
 
 
 @dataclass
@@ -21,15 +23,26 @@ class DDEConfig(TrainingArguments):
     Defaults that differ from `TrainingArguments`: `learning_rate=1e-5`, `logging_steps=10`,
     `remove_unused_columns=False` (the image columns are not arguments of the UNet's forward) and
     `label_names=[]`. `gradient_checkpointing=True` switches on diffusers' UNet checkpointing.
+    `resume_from_checkpoint="true"` (the transformers idiom; also `True` from YAML) means the latest
+    checkpoint in `output_dir`.
+
+    Everything that can be checked without loading a model is checked when the config is built: the strategy
+    exists and accepts `credit_kwargs`, `timestep_range`, `loss_type`, `beta`, the learning rate, the
+    `report_to` integrations, the precompute options. Errors name the field, the value and the fix.
 
     Parameters:
         > Preference optimisation
 
-        credit (`str`, defaults to `"dde"`): credit-assignment strategy, a name from `trl_dde.available_credits()`.
-        credit_kwargs (`dict` or JSON `str`, *optional*): options of the strategy, e.g. `{"gamma": 0.9}`.
+        credit (`str`, defaults to `"dde"`): credit-assignment strategy, a name from `trl_dde.available_credits()`
+            or your own `CreditAssigner` subclass as `"package.module:ClassName"`.
+        credit_kwargs (`dict` or JSON `str`, *optional*): options of the strategy, e.g. `{"gamma": 0.9}` for
+            `discounted`; `trl_dde.credit_options(credit)` lists what a strategy accepts.
         beta (`float`, defaults to `5000`): inverse temperature of the preference loss (Diffusion-DPO units).
         loss_type (`str`, defaults to `"sigmoid"`): `sigmoid`, `hinge`, `ipo` or `sft` (denoising loss on winners).
         timestep_range (`list[int]`, *optional*): train only on timesteps in `[lo, hi)`.
+        learning_rate_per_pair (`float`, *optional*): linear learning-rate scaling, Diffusion-DPO's `--scale_lr`:
+            `learning_rate` becomes this value times the total batch in pairs (`per_device_train_batch_size ×
+            gradient_accumulation_steps × number of processes`), e.g. `1e-8 × 2048 = 2.048e-5`.
 
         > Data
 
@@ -58,7 +71,9 @@ class DDEConfig(TrainingArguments):
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "credit_kwargs"]
 
     # Overridden TrainingArguments defaults
-    learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate (LoRA-scale default)."})
+    learning_rate: float = field(
+        default=DEFAULT_LEARNING_RATE, metadata={"help": "Initial AdamW learning rate (LoRA-scale default)."}
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: image columns are consumed by the collator, not the UNet."}
@@ -78,13 +93,15 @@ class DDEConfig(TrainingArguments):
     # Preference optimisation
     credit: str = field(
         default="dde",
-        metadata={"help": "Credit-assignment strategy: uniform, discounted, dde-single, dde-step, dde, or a registered one."},
+        metadata={"help": "Credit-assignment strategy: uniform, discounted, dde-single, dde-step, dde, another "
+                          "registered name, or your own CreditAssigner subclass as package.module:ClassName."},
     )
     credit_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
             "help": "Options of the credit strategy as a dict or JSON string, e.g. "
-            "'{\"gamma\": 0.9, \"num_steps\": 50}' (discounted) or '{\"correction_reduction\": \"mean\"}' (dde)."
+            "'{\"gamma\": 0.9, \"num_steps\": 50}' (discounted) or '{\"correction_reduction\": \"mean\"}' (dde). "
+            "Options the strategy does not accept are refused."
         },
     )
     beta: float = field(
@@ -99,6 +116,12 @@ class DDEConfig(TrainingArguments):
     timestep_range: list[int] | None = field(
         default=None,
         metadata={"help": "Train only on timesteps in [lo, hi), e.g. 200 700 (paper Fig. 3). Any strategy.", "nargs": 2},
+    )
+    learning_rate_per_pair: float | None = field(
+        default=None,
+        metadata={"help": "Linear learning-rate scaling (Diffusion-DPO's --scale_lr): learning_rate = this x total "
+                          "batch in pairs (per_device_train_batch_size x gradient_accumulation_steps x processes), "
+                          "e.g. 1e-8 x 2048 = 2.048e-5. Leave learning_rate unset when using it."},
     )
 
     # Data
@@ -184,27 +207,69 @@ class DDEConfig(TrainingArguments):
         # For a UNet "gradient checkpointing" is the native term; map it onto transformers' new name quietly.
         if self.gradient_checkpointing is not None and self.activation_checkpointing is None:
             self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
+        self.credit_kwargs = self._parse_credit_kwargs(self.credit_kwargs)  # before transformers parses it bare
         super().__post_init__()
-        if isinstance(self.credit_kwargs, str):
-            self.credit_kwargs = json.loads(self.credit_kwargs)
-        self.credit_kwargs = dict(self.credit_kwargs or {})
+        self._check_preference_options()
+        self._check_data_options()
+        self._check_run_options()
+        self._check_validation_arguments()
+
+    def _check_preference_options(self) -> None:
+        """The strategy, its options, the timestep range, the loss: everything the trainer builds before training."""
+        from .credit import check_credit_options, resolve_credit_class  # torch; transformers is loaded already
+
+        try:
+            resolve_credit_class(self.credit)
+        except (ValueError, ImportError, AttributeError, TypeError) as error:
+            raise ValueError(f"DDEConfig.credit={self.credit!r} cannot be used: {error}") from error
+        try:
+            check_credit_options(self.credit, self.credit_kwargs)
+        except ValueError as error:
+            raise ValueError(f"DDEConfig.credit_kwargs={self.credit_kwargs}: {error}") from error
+        if self.timestep_range is not None:
+            self.timestep_range = self._parse_timestep_range(self.timestep_range)
         if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {list(LOSS_TYPES)}, got {self.loss_type!r}.")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}.")
+            raise ValueError(f"DDEConfig.loss_type must be one of {list(LOSS_TYPES)}, got {self.loss_type!r}.")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"DDEConfig.beta must be a positive number (5000 for SD1.5 and SDXL), got {self.beta!r}.")
+
+    @staticmethod
+    def _parse_credit_kwargs(value) -> dict[str, Any]:
+        """A dict, from a dict, ``None`` or a JSON object string (the command line's form)."""
+        example = "'{\"gamma\": 0.9}'"
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"DDEConfig.credit_kwargs={value!r} is not valid JSON ({error}). Write a JSON "
+                                 f"object with double quotes, e.g. --credit_kwargs {example}.") from None
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"DDEConfig.credit_kwargs must be a dict or a JSON object such as {example}, got {value!r}.")
+        return dict(value or {})
+
+    @staticmethod
+    def _parse_timestep_range(value) -> list[int]:
+        """``[lo, hi)`` as two integers with ``0 <= lo < hi``; the upper bound against the schedule length is
+        checked by the trainer, which reads the schedule."""
+        fix = "Give two integers lo < hi, e.g. --timestep_range 200 700 (timesteps 200..699)."
+        if isinstance(value, (str, bytes)) or len(value) != 2:
+            raise ValueError(f"DDEConfig.timestep_range must be [lo, hi), got {value!r}. {fix}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in value):
+            raise ValueError(f"DDEConfig.timestep_range={list(value)} must hold integer timesteps. {fix}")
+        lo, hi = (int(v) for v in value)
+        if not 0 <= lo < hi:
+            raise ValueError(f"DDEConfig.timestep_range={[lo, hi]} must satisfy 0 <= lo < hi. {fix}")
+        return [lo, hi]
+
+    def _check_data_options(self) -> None:
         if self.remove_unused_columns:
-            raise ValueError("remove_unused_columns=True would drop the image columns; DDEConfig needs it False.")
+            raise ValueError("DDEConfig.remove_unused_columns=True would drop the image columns; it must stay False.")
         if self.precompute_latents and self.random_crop:
             raise ValueError("random_crop cannot be applied to precomputed latents (images are encoded once, centre-"
                              "cropped). Set random_crop=False, or precompute_latents=False.")
         if self.precompute_latents and self.random_flip and not self.precompute_flip:
             raise ValueError("random_flip with precompute_latents needs the mirrored images cached too: set "
                              "precompute_flip=True (twice the image cache), or random_flip=False.")
-        if self.timestep_range is not None:
-            if len(self.timestep_range) != 2:
-                raise ValueError(f"timestep_range must be [lo, hi), got {self.timestep_range}.")
-            self.timestep_range = [int(v) for v in self.timestep_range]
-        self._check_validation_arguments()
 
     def _check_validation_arguments(self) -> None:
         """The ``validation_*`` fields: sizes, a known scorer, and a parallelism that keeps the UNet whole."""
@@ -227,3 +292,36 @@ class DDEConfig(TrainingArguments):
         if self.fsdp or deepspeed_zero3:
             raise ValueError("validation_prompts cannot be used with FSDP or DeepSpeed ZeRO-3: the main process would "
                              "need the whole UNet to generate. Generate from a saved checkpoint with `trl-dde eval` instead.")
+
+    def _check_run_options(self) -> None:
+        """Learning-rate scaling, the resume idiom and the logging integrations."""
+        if self.learning_rate_per_pair is not None:
+            if not self.learning_rate_per_pair > 0:
+                raise ValueError(f"DDEConfig.learning_rate_per_pair must be positive, got {self.learning_rate_per_pair}.")
+            pairs = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+            scaled = self.learning_rate_per_pair * pairs
+            if self.learning_rate not in (DEFAULT_LEARNING_RATE, scaled):
+                raise ValueError(
+                    f"DDEConfig: learning_rate={self.learning_rate} and learning_rate_per_pair="
+                    f"{self.learning_rate_per_pair} both set the learning rate ({self.learning_rate_per_pair} x "
+                    f"{pairs} pairs = {scaled:.4g}). Set only one of them."
+                )
+            self.learning_rate = scaled
+        if isinstance(self.resume_from_checkpoint, str) and self.resume_from_checkpoint.lower() in ("true", "false"):
+            # transformers' idiom: "true" is the latest checkpoint in output_dir
+            self.resume_from_checkpoint = True if self.resume_from_checkpoint.lower() == "true" else None
+        self._check_report_to()
+
+    def _check_report_to(self) -> None:
+        """Each ``report_to`` integration is known and installed: transformers would refuse it only after the
+        pipeline has loaded."""
+        from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+        installed = get_available_reporting_integrations()
+        for name in self.report_to or []:
+            if name not in INTEGRATION_TO_CALLBACK:
+                raise ValueError(f"DDEConfig.report_to={name!r} is not a logging integration. Choose from "
+                                 f"{sorted(INTEGRATION_TO_CALLBACK)}, or 'none'.")
+            if name not in installed:
+                raise ValueError(f"DDEConfig.report_to={name!r}: {name} is not installed. Install it or set "
+                                 "report_to='none'.")

@@ -14,9 +14,10 @@ import tempfile
 import time
 
 from peft import LoraConfig
+from transformers import PrinterCallback
 
 from .config import DDEConfig
-from .credit import available_credits
+from .credit import resolve_credit_class
 from .tiny import tiny_preference_dataset, tiny_sd15_pipeline
 from .trainer import DDEDiffusionTrainer
 
@@ -25,9 +26,19 @@ __all__ = ["add_demo_arguments", "run_demo"]
 BUILTIN = ["uniform", "discounted", "dde-single", "dde-step", "dde"]
 
 
+def _strategy(spec: str) -> str:
+    """A registered name or ``package.module:ClassName``, checked before anything trains."""
+    try:
+        resolve_credit_class(spec)
+    except (ValueError, ImportError, AttributeError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return spec
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--strategies", nargs="+", default=BUILTIN, choices=available_credits(), metavar="NAME",
-                        help=f"credit strategies to compare (default: {' '.join(BUILTIN)})")
+    parser.add_argument("--strategies", nargs="+", default=BUILTIN, type=_strategy, metavar="NAME",
+                        help=f"credit strategies to compare: registered names or package.module:ClassName "
+                             f"(default: {' '.join(BUILTIN)})")
     parser.add_argument("--steps", type=int, default=40, help="training steps per strategy (default: 40)")
     parser.add_argument("--pairs", type=int, default=64, help="synthetic training pairs (default: 64)")
     parser.add_argument("--batch_size", type=int, default=8, help="pairs per step (default: 8)")
@@ -57,6 +68,7 @@ def _train_one(credit: str, options: argparse.Namespace, train, held_out, output
     lora = LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
     trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=options.seed), args=args, train_dataset=train,
                                   eval_dataset=held_out, peft_config=lora)
+    trainer.remove_callback(PrinterCallback)  # one table at the end instead of every raw log dictionary
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

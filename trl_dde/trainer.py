@@ -32,7 +32,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .card import HYPERPARAMETERS, ModelCardData, render_model_card
+from .card import card_data_for, render_model_card
 from .config import DDEConfig
 from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
@@ -434,24 +434,7 @@ class DDEDiffusionTrainer(Trainer):
         """Write ``README.md`` (a diffusers model card) into ``output_dir``; ``push_to_hub`` uploads it."""
         if not self.is_world_process_zero():
             return
-        denoiser = unwrap_model(self.model)
-        logged = [entry for entry in self.state.log_history if "loss" in entry and "train_runtime" not in entry]
-        final = {k: v for k, v in (logged[-1] if logged else {}).items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
-        final.update({k: v for entry in self.state.log_history for k, v in entry.items() if k.startswith("eval_")})
-        data = ModelCardData(
-            model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
-            repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
-            base_model=base_model or (str(self.base_model_name) if self.base_model_name else None),
-            dataset_name=dataset_name,
-            pipeline_class=type(self.pipeline).__name__,
-            credit=self.credit.name,
-            credit_options=self.credit.extra_repr(),
-            is_lora=self.is_lora,
-            lora={k: v for k, v in denoiser.peft_config["default"].to_dict().items() if k in ("r", "lora_alpha", "lora_dropout", "target_modules")}
-            if self.is_lora else None,
-            hyperparameters={key: getattr(self.args, key) for key in HYPERPARAMETERS},
-            metrics=final,
-        )
+        data = card_data_for(self, model_name=model_name, dataset_name=dataset_name, base_model=base_model)
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(render_model_card(data))

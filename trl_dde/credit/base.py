@@ -1,18 +1,16 @@
-"""The credit-assignment contract: ``DenoisingOutputs``, the ``CreditAssigner`` base and its registry.
+"""The credit-assignment contract: ``DenoisingOutputs`` and the ``CreditAssigner`` base.
 
 A strategy never sees a model. The trainer runs the policy and the reference once each on the
 ``[winners; losers]`` batch and hands the strategy a ``DenoisingOutputs``: the models' native outputs
 and the ``NoiseProcess`` that reads them (``ε̂``, ``x̂0``, the denoising target). The strategy decides
 which timesteps are trained (``sample_timesteps``) and how much each pair's implicit reward margin
-counts (``margin``); stateful strategies update themselves after the loss (``update``). The registry
-mirrors PEFT's method registry: each strategy module registers itself under a name, and
-``get_credit(name, **kwargs)`` builds it.
+counts (``margin``); stateful strategies update themselves after the loss (``update``). Strategies
+register themselves in ``registry.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -23,9 +21,6 @@ __all__ = [
     "CreditAssigner",
     "DenoisingOutputs",
     "as_process",
-    "available_credits",
-    "get_credit",
-    "register_credit",
     "squared_error",
 ]
 
@@ -227,37 +222,3 @@ class CreditAssigner(nn.Module):
 
     def extra_repr(self) -> str:
         return f"process={self.process.name}, T={self.num_timesteps}, timestep_range={list(self.timestep_range)}"
-
-
-_CreditType = TypeVar("_CreditType", bound=type[CreditAssigner])
-_REGISTRY: dict[str, type[CreditAssigner]] = {}
-
-
-def register_credit(name: str) -> Callable[[_CreditType], _CreditType]:
-    """Class decorator that makes a ``CreditAssigner`` subclass available as ``get_credit(name)``."""
-
-    def decorator(cls: _CreditType) -> _CreditType:
-        if not (isinstance(cls, type) and issubclass(cls, CreditAssigner)):
-            raise TypeError(f"register_credit({name!r}) must decorate a CreditAssigner subclass, got {cls!r}.")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"A credit strategy named {name!r} is already registered ({_REGISTRY[name].__name__}).")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def available_credits() -> list[str]:
-    """Names accepted by ``get_credit``, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get_credit(name: str, process: NoiseProcess | None = None, alphas_cumprod: torch.Tensor | None = None, **kwargs) -> CreditAssigner:
-    """Build the strategy registered as ``name`` for ``process`` (or an ε-predicting DDPM ``alphas_cumprod``);
-    ``kwargs`` are its options (and ``timestep_range``)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown credit strategy {name!r}. Available: {', '.join(available_credits())}.")
-    if (process is None) == (alphas_cumprod is None):
-        raise TypeError("get_credit needs exactly one of process= (a NoiseProcess) or alphas_cumprod=.")
-    return _REGISTRY[name](process if process is not None else alphas_cumprod, **kwargs)

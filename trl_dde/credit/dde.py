@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from ..processes.ddpm import ddim_jump_coefficients, posterior_mean_x0_error_coefficient
-from .base import CreditAssigner, DenoisingOutputs, register_credit, squared_error
+from .base import CreditAssigner, DenoisingOutputs, squared_error
+from .registry import register_credit
 from .uniform import check_error_space, denoising_margin
 
 __all__ = ["DDECredit", "DDESingleCredit", "DDEStepCredit", "SingleShot", "StepwiseCorrectedCredit"]

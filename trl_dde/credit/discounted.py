@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import CreditAssigner, DenoisingOutputs, register_credit
+from .base import CreditAssigner, DenoisingOutputs
+from .registry import register_credit
 from .uniform import check_error_space, denoising_margin
 
 __all__ = ["DiscountedCredit"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import CreditAssigner, DenoisingOutputs, register_credit, squared_error
+from .base import CreditAssigner, DenoisingOutputs, squared_error
+from .registry import register_credit
 
 __all__ = ["ERROR_SPACES", "UniformCredit", "denoising_margin", "epsilon_margin"]
 
