@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
 from trl_dde import get_credit  # noqa: E402
-from trl_dde.schedule import posterior_mean_error_coefficient  # noqa: E402
+from trl_dde.processes.ddpm import posterior_mean_error_coefficient  # noqa: E402
 
 schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
 tau = torch.arange(len(schedule))

@@ -260,3 +260,46 @@ def test_uniform_sampling_is_uniform(alphas_cumprod):
 def test_bad_options_are_refused(alphas_cumprod, name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         get_credit(name, alphas_cumprod=alphas_cumprod, **kwargs)
+
+
+def test_epsilon_space_margin_is_the_v_space_margin_times_alpha_bar(alphas_cumprod):
+    """For a v-prediction model ε̂ - ε = √ā·(v̂ - v): error_space="epsilon" weighs each pair by ā[τ] relative to the
+    official v-space ("prediction") margin."""
+    process = DDPMProcess(alphas_cumprod, "v_prediction")
+    g = torch.Generator().manual_seed(21)
+    shape, timesteps = (8, 4, 8, 8), torch.tensor([0, 1, 90, 300, 500, 700, 900, 999])
+    x0_w, x0_l, noise = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3))
+    xt_w, xt_l = process.add_noise(x0_w, noise, timesteps), process.add_noise(x0_l, noise, timesteps)
+    v_w, v_l = process.target(x0_w, noise, timesteps), process.target(x0_l, noise, timesteps)
+    preds = [v + 0.2 * torch.randn(shape, generator=g, dtype=torch.float64) for v in (v_w, v_l, v_w, v_l)]
+    outputs = DenoisingOutputs(x0_w, x0_l, noise, timesteps, xt_w, xt_l, *preds, process=process)
+    epsilon = get_credit("uniform", process=process, error_space="epsilon").margin(outputs).double()
+    prediction = get_credit("uniform", process=process, error_space="prediction").margin(outputs).double()
+    abar = alphas_cumprod.double()[timesteps]
+    torch.testing.assert_close(epsilon, prediction * abar, rtol=1e-4, atol=1e-10)
+    # an ε-prediction model: the two spaces are one
+    o = make_outputs(alphas_cumprod, seed=22)
+    torch.testing.assert_close(get_credit("uniform", alphas_cumprod=alphas_cumprod, error_space="prediction").margin(o),
+                               get_credit("uniform", alphas_cumprod=alphas_cumprod).margin(o))
+
+
+def test_optimizer_step_cadence_applies_one_update_for_all_micro_batches():
+    small_t, momentum = 8, 0.5
+    ac = torch.cumprod(1 - torch.linspace(0.05, 0.4, small_t), 0)
+    per_micro = get_credit("dde-step", alphas_cumprod=ac, momentum=momentum)
+    per_step = get_credit("dde-step", alphas_cumprod=ac, momentum=momentum, update_cadence="optimizer_step")
+    micro_batches = [make_outputs(ac, batch=3, seed=30 + i, timesteps=t)
+                     for i, t in enumerate([torch.tensor([1, 5, 5]), torch.tensor([5, 2, 7])])]
+    for o in micro_batches:
+        per_micro.update(o)
+        per_step.update(o)
+        assert per_step.ratios.abs().sum() == 0  # nothing applied before the optimizer step
+    per_step.on_optimizer_step()
+    values = torch.cat([per_step.step_values(o) for o in micro_batches], dim=1).double()
+    timesteps = torch.cat([o.timesteps for o in micro_batches])
+    expected = torch.zeros(4, small_t, dtype=torch.float64)
+    for t in timesteps.unique().tolist():  # one EMA step from 0 with the mean over both micro-batches
+        expected[:, t] = (1 - momentum) * values[:, timesteps == t].mean(dim=1)
+    torch.testing.assert_close(per_step.ratios.double(), expected, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(per_micro.ratios.double(), expected)  # τ = 5 was updated twice per micro-batch
+    per_micro.on_optimizer_step()  # a no-op for the micro-batch cadence
