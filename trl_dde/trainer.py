@@ -30,9 +30,16 @@ from diffusers import DiffusionPipeline
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .card import card_data_for, render_model_card
+from .checkpoints import (
+    checkpoint_problem,
+    last_complete_checkpoint,
+    mark_complete,
+    remove_incomplete_checkpoints,
+    without_secrets,
+)
 from .config import DDEConfig
 from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
@@ -50,7 +57,7 @@ from .evaluation.callback import ValidationCallback
 from .families import cast_module, family_class_for, load_pipeline, scheduler_config_of, unwrap_model
 from .losses import preference_loss
 from .metrics import StepMetrics
-from .optim import check_8bit_optimizer
+from .preflight import check_8bit_optimizer, check_lora_targets, check_resolution
 from .processes import NoiseProcess
 from .reference import adapters_disabled, build_reference, prepare_reference
 
@@ -151,6 +158,8 @@ class DDEDiffusionTrainer(Trainer):
         # What is trained and how, from configuration files alone: a bad option fails before any weight loads.
         family_class = family_class_for(model, revision=args.model_revision)
         process = family_class.process_from_scheduler_config(scheduler_config_of(model, revision=args.model_revision))
+        check_lora_targets(peft_config, family_class, model, revision=args.model_revision)
+        check_resolution(args.resolution, family_class, model, revision=args.model_revision)
         self.credit = build_credit(credit, process, args)
         self.process = self.credit.process
         with args.main_process_first(desc="preparing the preference data"):
@@ -386,24 +395,42 @@ class DDEDiffusionTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         save = self.family.save_lora if self.is_lora else self.family.save_full
         save(self.model, output_dir, state_dict)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        torch.save(without_secrets(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
         if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):  # the final model, not a checkpoint
             self.create_model_card()
 
     def _save_checkpoint(self, model, trial) -> None:
+        """transformers' checkpoint, plus the strategy's state, then the completeness marker (``checkpoints.py``);
+        older checkpoints are rotated out only once the new one is complete."""
         self.metrics.check_finite(self.credit.name)  # never write a checkpoint of weights a non-finite step touched
-        super()._save_checkpoint(model, trial)
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             state = {key: value.detach().cpu().contiguous() for key, value in self.credit.state_dict().items()}
             safetensors.torch.save_file(state, os.path.join(folder, CREDIT_STATE_NAME), metadata={"credit": self.credit.name})
+        self.accelerator.wait_for_everyone()  # every process has written its files (RNG states)
+        if self.args.should_save:
+            mark_complete(folder)
+            remove_incomplete_checkpoints(run_dir, keep=folder)
+            rotate_checkpoints(run_dir, limit, best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """``transformers.Trainer.train``, restoring the credit strategy's state too when resuming."""
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"No checkpoint found in {self.args.output_dir} to resume from.")
+                raise ValueError(f"No complete checkpoint found in {self.args.output_dir} to resume from.")
+        elif resume_from_checkpoint:
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                last = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
+                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}. "
+                                 + (f"The last complete checkpoint is {last}." if last else "There is no complete checkpoint."))
         if resume_from_checkpoint:
             # here rather than in _load_from_checkpoint, which transformers skips under DeepSpeed and FSDP
             self._load_credit_state(resume_from_checkpoint)

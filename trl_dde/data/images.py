@@ -18,7 +18,9 @@ from PIL import UnidentifiedImageError
 
 __all__ = ["augmentation_seed", "draw_augmentation", "image_error", "load_image", "paired_transform"]
 
-DECODE_ERRORS = (OSError, UnidentifiedImageError, TypeError, KeyError, ValueError, SyntaxError, AttributeError)
+# what decoding an arbitrary cell can raise: a bad or truncated file, a value that is no image, a decompression bomb
+DECODE_ERRORS = (OSError, UnidentifiedImageError, TypeError, KeyError, ValueError, SyntaxError, AttributeError,
+                 PILImage.DecompressionBombError)
 
 
 def _open(value) -> PILImage.Image:

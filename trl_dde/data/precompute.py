@@ -18,11 +18,15 @@ Caching goes through ``datasets`` cache files named by a fingerprint of the data
 ``_fingerprint``: stable for datasets loaded from the Hub or ``load_from_disk``), a hash of the VAE and
 text-encoder weights and the settings, so a second run with the same data and model reuses the cache and,
 under several processes, the main process encodes while the others wait and then read its files.
+``datasets`` writes each cache file to a temporary file and renames it when complete, so an interrupted
+pass leaves no partial cache; a cache file that is damaged all the same (truncated, unreadable) is detected
+when it is read, removed and rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 
@@ -39,6 +43,20 @@ from .prepare import AUGMENTATION_SEED
 __all__ = ["CachedPairCollator", "PrecomputedData", "precompute_preference_dataset"]
 
 CACHE_VERSION = "2"
+
+logger = logging.getLogger(__name__)
+
+
+def _cached_map(dataset: Dataset, function, cache_file_name: str, **kwargs) -> Dataset:
+    """``dataset.map(function, cache_file_name=...)``, rebuilding the cache file once if it exists but cannot be read."""
+    try:
+        return dataset.map(function, cache_file_name=cache_file_name, **kwargs)
+    except (OSError, ValueError) as error:  # pyarrow reports truncated or garbled files as OSError/ArrowInvalid
+        if not os.path.isfile(cache_file_name):
+            raise
+        logger.warning("The cache file %s is damaged (%s); removing it and encoding again.", cache_file_name, error)
+        os.remove(cache_file_name)
+        return dataset.map(function, cache_file_name=cache_file_name, **kwargs)
 
 
 def _weights_hash(modules) -> str:
@@ -83,17 +101,17 @@ def precompute_preference_dataset(
 
     unique = sorted(set().union(*(split.unique(schema.prompt) for split in splits)))
     prompt_key = datasets.fingerprint.Hasher.hash((keys, "prompts"))
-    prompts = Dataset.from_dict({"prompt": unique}).map(
-        lambda batch: _encode_prompt_batch(batch["prompt"], family, numpy_dtype),
-        batched=True, batch_size=batch_size, new_fingerprint=prompt_key,
-        cache_file_name=os.path.join(cache_dir, f"prompts-{prompt_key}.arrow"), desc="Encoding prompts",
+    prompts = _cached_map(
+        Dataset.from_dict({"prompt": unique}), lambda batch: _encode_prompt_batch(batch["prompt"], family, numpy_dtype),
+        os.path.join(cache_dir, f"prompts-{prompt_key}.arrow"),
+        batched=True, batch_size=batch_size, new_fingerprint=prompt_key, desc="Encoding prompts",
     )
     prompt_index = {prompt: i for i, prompt in enumerate(prompts["prompt"])}
     cached = [
-        split.map(
-            lambda batch: _encode_pair_batch(batch, collator, family, prompt_index, flip, vae_mode, numpy_dtype),
-            batched=True, batch_size=batch_size, remove_columns=split.column_names, new_fingerprint=key,
-            cache_file_name=os.path.join(cache_dir, f"pairs-{key}.arrow"), desc="Encoding images",
+        _cached_map(
+            split, lambda batch: _encode_pair_batch(batch, collator, family, prompt_index, flip, vae_mode, numpy_dtype),
+            os.path.join(cache_dir, f"pairs-{key}.arrow"),
+            batched=True, batch_size=batch_size, remove_columns=split.column_names, new_fingerprint=key, desc="Encoding images",
         )
         for split, key in zip(splits, keys)
     ]

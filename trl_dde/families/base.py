@@ -111,6 +111,12 @@ class ModelFamily:
     def tokenizers(self) -> tuple:
         raise NotImplementedError
 
+    @classmethod
+    def resolution_multiple(cls, vae_config) -> int:
+        """What training resolutions must be a multiple of: the VAE's downsampling factor (a family whose
+        denoiser patches its latents multiplies it by the patch size)."""
+        return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
     @property
     def default_resolution(self) -> int:
         """The native training image size in pixels."""
