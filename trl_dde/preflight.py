@@ -45,7 +45,7 @@ def check_lora_targets(peft_config, family_class, model, revision: str | None = 
             raise ValueError(f"LoRA target_modules={targets!r} matches no module of the {family_class.denoiser_name}. "
                              f"Its attention projections are named e.g. {', '.join(n for n in leaf_names if 'to_' in n)[:200]}.")
         return
-    unmatched = [target for target in targets if not any(name == target or name.endswith("." + target) for name in names)]
+    unmatched = sorted(target for target in targets if not any(name == target or name.endswith("." + target) for name in names))
     if unmatched:
         hints = {target: difflib.get_close_matches(target, leaf_names, n=3) for target in unmatched}
         described = "; ".join(f"{target!r} (close: {', '.join(close) or 'none'})" for target, close in hints.items())
