@@ -18,7 +18,6 @@ construction in the order that fails fast, metrics, saving and exact resume.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import safetensors.torch
@@ -28,7 +27,6 @@ from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from diffusers import DiffusionPipeline
 from transformers import Trainer, TrainerCallback
-from transformers.integrations import TensorBoardCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -100,16 +98,6 @@ class _CreditOptimizerStep(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.credit.on_optimizer_step()
-
-
-class _TensorBoardCallback(TensorBoardCallback):
-    """transformers' TensorBoard callback without its model-config dump, which a diffusers model (whose config is a
-    ``FrozenDict``, not a ``PretrainedConfig``) cannot give: the denoiser's config is written as JSON text instead."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.tb_writer is not None and state.is_world_process_zero and model is not None:
-            self.tb_writer.add_text("model_config", json.dumps(dict(unwrap_model(model).config), default=str, indent=2))
 
 
 class DDEDiffusionTrainer(Trainer):
@@ -196,8 +184,6 @@ class DDEDiffusionTrainer(Trainer):
         super().__init__(model=denoiser, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks, optimizers=optimizers)
         self.add_callback(_CreditOptimizerStep(self.credit))
-        if self.pop_callback(TensorBoardCallback) is not None:
-            self.add_callback(_TensorBoardCallback())
         validation = ValidationCallback.from_config(args, self.pipeline)
         if validation is not None:
             self.add_callback(validation)

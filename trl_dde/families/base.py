@@ -25,6 +25,7 @@ from typing import ClassVar
 import safetensors.torch
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.configuration_utils import FrozenDict
 
 from ..processes import NoiseProcess
 
@@ -35,6 +36,17 @@ KOHYA_WEIGHTS_NAME = "pytorch_lora_weights_kohya.safetensors"
 ADAPTER_NAME = "default"
 
 Conditioning = dict[str, torch.Tensor]
+
+
+class _ReportableConfig(FrozenDict):
+    """A diffusers config that transformers' logging integrations can serialise: TensorBoard, MLflow and Comet call
+    ``model.config.to_json_string()`` / ``to_dict()``, which only ``PretrainedConfig`` has."""
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
 
 
 def cast_module(module: torch.nn.Module, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.nn.Module:
@@ -185,6 +197,7 @@ class ModelFamily:
         from diffusers.training_utils import cast_training_params
 
         denoiser = self.denoiser
+        denoiser._internal_dict = _ReportableConfig(denoiser.config)  # for transformers' logging integrations
         if peft_config is None:
             cast_module(denoiser, torch.float32).requires_grad_(True)
         else:
