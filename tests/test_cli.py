@@ -60,7 +60,7 @@ def user_credit_folder(tmp_path, monkeypatch):
     (folder / "my_credits.py").write_text(USER_CREDIT)
     monkeypatch.chdir(folder)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.CREDITS, "_classes", dict(registry.CREDITS._classes))
     yield folder
     sys.modules.pop("my_credits", None)
 

@@ -63,7 +63,7 @@ def test_a_credit_class_spec_is_accepted_with_its_own_options(tmp_path, monkeypa
         "        self.factor = factor\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.CREDITS, "_classes", dict(registry.CREDITS._classes))
     args = config(tmp_path, credit="config_credits:Halved", credit_kwargs={"factor": 0.25})
     assert args.credit == "config_credits:Halved"
     with pytest.raises(ValueError, match="has no option 'factr'. Did you mean 'factor'"):

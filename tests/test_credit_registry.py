@@ -56,7 +56,7 @@ def user_module(tmp_path, monkeypatch):
     (tmp_path / "user_credits.py").write_text(USER_MODULE)
     (tmp_path / "broken_credits.py").write_text("import a_package_that_is_not_installed\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.CREDITS, "_classes", dict(registry.CREDITS._classes))
     yield "user_credits"
     for name in ("user_credits", "broken_credits"):
         sys.modules.pop(name, None)
@@ -142,5 +142,5 @@ def test_get_credit_still_builds_builtins_with_their_options():
 def test_registry_lives_in_its_own_module():
     from trl_dde.credit import base
 
-    assert not any(hasattr(base, name) for name in ("_REGISTRY", "register_credit", "get_credit", "available_credits"))
+    assert not any(hasattr(base, name) for name in ("CREDITS", "register_credit", "get_credit", "available_credits"))
     assert textwrap.dedent(registry.__doc__).strip().startswith("The registry of credit strategies")

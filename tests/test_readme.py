@@ -149,10 +149,9 @@ def workspace(tmp_path_factory) -> Workspace:
     command.chmod(command.stat().st_mode | stat.S_IEXEC)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO),
                    "PATH": os.pathsep.join([str(bin_folder), os.path.dirname(sys.executable), os.environ["PATH"]])}
-    registered = dict(registry._REGISTRY)
+    registered = dict(registry.CREDITS._classes)
     yield Workspace(folder, environment, stand_ins)
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(registered)  # strategies the README registered
+    registry.CREDITS._classes = registered  # forget the strategies the README registered
     for name, module in list(sys.modules.items()):  # modules the README imported from the scratch folder
         if str(getattr(module, "__file__", None) or "").startswith(str(folder)):
             del sys.modules[name]

@@ -19,13 +19,14 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from ..processes import NoiseProcess
+from ..registry import Registry
 from .base import CreditAssigner
 
 __all__ = ["available_credits", "check_credit_options", "credit_options", "get_credit", "register_credit",
            "resolve_credit_class"]
 
 _CreditType = TypeVar("_CreditType", bound=type[CreditAssigner])
-_REGISTRY: dict[str, type[CreditAssigner]] = {}
+CREDITS: Registry = Registry("credit strategy", CreditAssigner)
 
 # Constructor parameters that are not options: the schedule (or noise process) comes first, whatever its
 # name; ``timestep_range`` is a DDEConfig field of its own.
@@ -34,22 +35,12 @@ _NOT_OPTIONS = ("timestep_range",)
 
 def register_credit(name: str) -> Callable[[_CreditType], _CreditType]:
     """Class decorator that makes a ``CreditAssigner`` subclass available as ``get_credit(name)``."""
-
-    def decorator(cls: _CreditType) -> _CreditType:
-        if not (isinstance(cls, type) and issubclass(cls, CreditAssigner)):
-            raise TypeError(f"register_credit({name!r}) must decorate a CreditAssigner subclass, got {cls!r}.")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"A credit strategy named {name!r} is already registered ({_REGISTRY[name].__name__}).")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
+    return CREDITS.register(name)
 
 
 def available_credits() -> list[str]:
     """Names accepted by ``get_credit``, sorted (class specs resolved so far included)."""
-    return sorted(_REGISTRY)
+    return CREDITS.names()
 
 
 def _closest(word: str, candidates: list[str]) -> str:
@@ -95,8 +86,8 @@ def resolve_credit_class(spec: str) -> type[CreditAssigner]:
     """
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"A credit strategy is named by a non-empty string, got {spec!r}.")
-    if spec in _REGISTRY:
-        return _REGISTRY[spec]
+    if spec in CREDITS:
+        return CREDITS.get(spec)
     if ":" not in spec:
         raise ValueError(
             f"Unknown credit strategy {spec!r}.{_closest(spec, available_credits())} Available: "
@@ -108,9 +99,9 @@ def resolve_credit_class(spec: str) -> type[CreditAssigner]:
             f"Credit strategy {spec!r} is {cls!r}, not a CreditAssigner subclass. Subclass "
             "trl_dde.CreditAssigner and implement margin(outputs)."
         )
-    if _REGISTRY.get(cls.name) is not cls:  # not registered under a name of its own: the spec becomes its name
+    if CREDITS.lookup(cls.name) is not cls:  # not registered under a name of its own: the spec becomes its name
         cls.name = spec
-    _REGISTRY[spec] = cls
+    CREDITS.add(spec, cls)
     return cls
 
 

@@ -8,45 +8,36 @@ from typing import Callable, TypeVar
 import torch
 from diffusers import DiffusionPipeline
 
+from ..registry import Registry
 from .base import ModelFamily
 
 __all__ = ["available_families", "family_class_for", "load_pipeline", "register_family", "scheduler_config_of"]
 
 _FamilyType = TypeVar("_FamilyType", bound=type[ModelFamily])
-_REGISTRY: dict[str, type[ModelFamily]] = {}
+FAMILIES: Registry = Registry("model family", ModelFamily)
 
 
 def register_family(name: str) -> Callable[[_FamilyType], _FamilyType]:
     """Class decorator that makes a ``ModelFamily`` subclass available for its ``pipeline_class``."""
-
-    def decorator(cls: _FamilyType) -> _FamilyType:
-        if not (isinstance(cls, type) and issubclass(cls, ModelFamily)):
-            raise TypeError(f"register_family({name!r}) must decorate a ModelFamily subclass, got {cls!r}.")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"A model family named {name!r} is already registered ({_REGISTRY[name].__name__}).")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
+    return FAMILIES.register(name)
 
 
 def available_families() -> list[str]:
-    return sorted(_REGISTRY)
+    return FAMILIES.names()
 
 
 def _supported() -> str:
-    return ", ".join(f"{cls.pipeline_class.__name__} ({name})" for name, cls in sorted(_REGISTRY.items()))
+    return ", ".join(f"{FAMILIES.get(name).pipeline_class.__name__} ({name})" for name in FAMILIES.names())
 
 
 def family_class_for(pipeline: DiffusionPipeline | str | os.PathLike, revision: str | None = None) -> type[ModelFamily]:
     """The family of a pipeline instance, or of a hub id / folder (read from its ``model_index.json`` only)."""
     if isinstance(pipeline, DiffusionPipeline):
         class_name = type(pipeline).__name__
-        matches = [cls for cls in _REGISTRY.values() if isinstance(pipeline, cls.pipeline_class)]
+        matches = [cls for cls in FAMILIES.classes() if isinstance(pipeline, cls.pipeline_class)]
     else:
         class_name = DiffusionPipeline.load_config(pipeline, revision=revision).get("_class_name")
-        matches = [cls for cls in _REGISTRY.values() if cls.pipeline_class.__name__ == class_name]
+        matches = [cls for cls in FAMILIES.classes() if cls.pipeline_class.__name__ == class_name]
     if not matches:
         raise ValueError(f"{class_name} is not supported; trl-dde trains {_supported()}.")
     return matches[0]
