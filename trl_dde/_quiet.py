@@ -1,11 +1,12 @@
-"""Silence three third-party log messages a trl-dde user cannot act on; every other warning still shows.
+"""Silence four third-party log messages a trl-dde user cannot act on; every other warning still shows.
 
 Imported first by ``trl_dde/__init__.py``, before any of the libraries that emit them. Each filter sits on
 the one logger that emits its message and drops only records matching it:
 
 * bitsandbytes (imported by peft, which transformers imports) warns on CPUs with AVX512-BF16 that it could
   not fetch a 4-bit CPU matmul kernel from the Hub (``kernels`` package). trl-dde never runs 4-bit matmuls;
-  its 8-bit optimizers do not use that kernel.
+  its 8-bit optimizers do not use that kernel. In offline mode (``HF_HUB_OFFLINE=1``) the same attempt logs,
+  from ``kernels``, that it skips the publisher trust check of that kernel's repository instead.
 * transformers says ``CLIPImageProcessor`` / ``SiglipImageProcessor`` "requires torchvision (not
   installed); falling back to ``...Pil``" when diffusers imports those names. trl-dde never uses an image
   processor, and no torchvision CPU build exists for every platform.
@@ -22,6 +23,9 @@ __all__ = ["install"]
 
 NOISE = {
     "bitsandbytes.backends.cpu.ops": re.compile(r"Failed to load CPU gemm_4bit_forward from kernels-community"),
+    "kernels._internals.hf_hub": re.compile(
+        r"Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'"
+    ),
     "transformers.utils.import_utils": re.compile(
         r"`\w+ImageProcessor` requires torchvision \(not installed\); falling back to `\w+ImageProcessorPil`"
     ),
