@@ -145,7 +145,8 @@ class DDEDiffusionTrainer(Trainer):
 
         # What is trained and how, from configuration files alone: a bad option fails before any weight loads.
         family_class = family_class_for(model, revision=args.model_revision)
-        process = family_class.process_from_scheduler_config(scheduler_config_of(model, revision=args.model_revision))
+        process = family_class.process_from_scheduler_config(scheduler_config_of(model, revision=args.model_revision),
+                                                               **args.process_options())
         check_lora_targets(peft_config, family_class, model, revision=args.model_revision)
         check_resolution(args.resolution, family_class, model, revision=args.model_revision)
         self.credit = build_credit(credit, process, args)

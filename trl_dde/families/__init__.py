@@ -3,12 +3,14 @@
 from .base import KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME, ModelFamily, cast_module, unwrap_model
 from .registry import available_families, family_class_for, load_pipeline, register_family, scheduler_config_of
 from .sd import StableDiffusionFamily
+from .sd3 import StableDiffusion3Family
 from .sdxl import StableDiffusionXLFamily
 
 __all__ = [
     "KOHYA_WEIGHTS_NAME",
     "LORA_WEIGHTS_NAME",
     "ModelFamily",
+    "StableDiffusion3Family",
     "StableDiffusionFamily",
     "StableDiffusionXLFamily",
     "available_families",
