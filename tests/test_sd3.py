@@ -138,3 +138,35 @@ def test_ddpm_time_sampling_options_are_refused_for_sd15(tmp_path):
     with pytest.raises(ValueError, match="DDPM process takes no time-sampling options"):
         DDEDiffusionTrainer(tiny_sd15_pipeline(), args=make_args(tmp_path, weighting_scheme="logit_normal"),
                             train_dataset=tiny_preference_dataset(4))
+
+
+def test_two_processes_train_sd3_identically_and_share_the_dde_arrays(tmp_path):
+    from test_distributed import assert_ranks_identical, launch
+
+    ranks = launch(tmp_path, "sd3")
+    assert_ranks_identical(ranks)
+    own = [set(r["timesteps"].tolist()) for r in ranks]
+    assert own[0] != own[1]
+    visited = set(torch.nonzero(ranks[0]["ratios"].abs().sum(dim=0)).flatten().tolist())
+    assert visited == own[0] | own[1]
+
+
+def test_cli_trains_sd3_from_the_example_yaml(tmp_path, sd3_folder):
+    from trl_dde.cli import main
+
+    data = tmp_path / "pairs"
+    tiny_preference_dataset(8).save_to_disk(str(data))
+    example = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "sd3_lora.yaml")
+    main(["train", "--config", example, "--model_name_or_path", sd3_folder, "--dataset_name", str(data),
+          "--output_dir", str(tmp_path / "run"), "--resolution", "32", "--max_steps", "2", "--gradient_accumulation_steps",
+          "1", "--per_device_train_batch_size", "2", "--bf16", "false", "--use_cpu", "true", "--lora_r", "4",
+          "--precompute_dtype", "float32", "--precompute_cache_dir", str(tmp_path / "cache"), "--save_strategy", "no",
+          "--disable_tqdm", "true"])
+    args = torch.load(tmp_path / "run" / "training_args.bin", weights_only=False)
+    assert args.weighting_scheme == "logit_normal" and args.credit == "dde"
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_folder)
+    pipe.load_lora_weights(str(tmp_path / "run"))
+    image = pipe("a red square", num_inference_steps=2, height=32, width=32, output_type="pt", max_sequence_length=32,
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+    assert "sd3" in (tmp_path / "run" / "README.md").read_text()
