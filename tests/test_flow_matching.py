@@ -207,3 +207,13 @@ def test_ddpm_refuses_flow_time_sampling_and_flux_style_dynamic_shift():
 
 def test_process_mismatch_includes_time_sampling():
     assert process().same_as(process()) and not process().same_as(process(weighting_scheme="mode"))
+
+
+def test_a_ddpm_only_strategy_is_refused_on_flow_at_construction():
+    from trl_dde.credit import CreditAssigner
+
+    class DDPMOnly(CreditAssigner):
+        supported_processes = ("ddpm",)
+
+    with pytest.raises(ValueError, match=r"derived for the noise process\(es\) \['ddpm'\], not 'flow_matching'"):
+        DDPMOnly(process())
