@@ -36,6 +36,14 @@ def test_grid_is_the_schedulers_shifted_sigmas_and_model_times():
     torch.testing.assert_close(proc.model_timesteps(torch.arange(1000)).flip(0), scheduler.timesteps.float())
 
 
+def test_a_dynamically_shifting_scheduler_trains_on_unshifted_sigmas():
+    """Flux's scheduler shifts by resolution only when sampling; diffusers' Flux training reads its unshifted sigmas."""
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    proc = FlowMatchingProcess.from_scheduler_config(scheduler.config)
+    torch.testing.assert_close(proc.sigmas.double(), torch.arange(1, 1001, dtype=torch.float64) / 1000, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(proc.sigmas.flip(0), scheduler.sigmas.float())
+
+
 def test_noising_velocity_epsilon_and_x0_identities():
     proc = process()
     g = torch.Generator().manual_seed(1)
@@ -196,13 +204,11 @@ def test_bad_time_sampling_is_refused_before_loading(tmp_path):
         "weighting_scheme": "logit_normal", "logit_std": 1.2}
 
 
-def test_ddpm_refuses_flow_time_sampling_and_flux_style_dynamic_shift():
+def test_ddpm_refuses_flow_time_sampling():
     from diffusers import DDIMScheduler
 
     with pytest.raises(ValueError, match="takes no time-sampling options"):
         DDPMProcess.from_scheduler_config(DDIMScheduler().config, weighting_scheme="logit_normal")
-    with pytest.raises(ValueError, match="use_dynamic_shifting=True"):
-        FlowMatchingProcess.from_scheduler_config(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)
 
 
 def test_process_mismatch_includes_time_sampling():

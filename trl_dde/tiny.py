@@ -21,6 +21,8 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -39,7 +41,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-__all__ = ["tiny_preference_dataset", "tiny_sd3_pipeline", "tiny_sd15_pipeline", "tiny_sdxl_pipeline", "tiny_t5_tokenizer",
+__all__ = ["tiny_flux_pipeline", "tiny_preference_dataset", "tiny_sd3_pipeline", "tiny_sd15_pipeline", "tiny_sdxl_pipeline", "tiny_t5_tokenizer",
            "tiny_tokenizer"]
 
 TEXT_HIDDEN_SIZE = 32
@@ -179,18 +181,43 @@ def tiny_sd3_pipeline(seed: int = 0, text_encoder_3: bool = True, shift: float =
         num_attention_heads=4, joint_attention_dim=TEXT_HIDDEN_SIZE, caption_projection_dim=32,
         pooled_projection_dim=2 * TEXT_HIDDEN_SIZE, pos_embed_max_size=32,
     )
-    t5 = T5EncoderModel(T5Config(vocab_size=128, d_model=TEXT_HIDDEN_SIZE, d_kv=8, d_ff=37, num_layers=2,
-                                 num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
         vae=_tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
         text_encoder=CLIPTextModelWithProjection(_tiny_text_config(tokenizer, projection_dim=TEXT_HIDDEN_SIZE)),
         text_encoder_2=CLIPTextModelWithProjection(_tiny_text_config(tokenizer_2, projection_dim=TEXT_HIDDEN_SIZE)),
-        text_encoder_3=t5 if text_encoder_3 else None,
+        text_encoder_3=_tiny_t5() if text_encoder_3 else None,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         tokenizer_3=tiny_t5_tokenizer() if text_encoder_3 else None,
+    )
+
+
+def _tiny_t5() -> T5EncoderModel:
+    return T5EncoderModel(T5Config(vocab_size=128, d_model=TEXT_HIDDEN_SIZE, d_kv=8, d_ff=37, num_layers=2,
+                                   num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipeline:
+    """A randomly initialised Flux.1-architecture pipeline (diffusers' dummy Flux shapes): CLIP (pooled 32) and T5,
+    a ``FluxTransformer2DModel`` on ``2×2``-packed 4-channel latents (16 input channels), a guidance embedding
+    (Flux.1-dev; ``guidance_embeds=False``: schnell), Flux's dynamically shifted flow-matching scheduler."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=TEXT_HIDDEN_SIZE, pooled_projection_dim=TEXT_HIDDEN_SIZE, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=guidance_embeds,
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
+        vae=_tiny_vae(shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModel(_tiny_text_config(tokenizer)),
+        text_encoder_2=_tiny_t5(),
+        tokenizer=tokenizer,
+        tokenizer_2=tiny_t5_tokenizer(),
     )
 
 

@@ -1,8 +1,9 @@
-"""Rectified-flow matching (Stable Diffusion 3/3.5): ``x_σ = (1-σ)·x0 + σ·ε``, the model predicts ``v = ε - x0``.
+"""Rectified-flow matching (Stable Diffusion 3/3.5, Flux.1): ``x_σ = (1-σ)·x0 + σ·ε``, the model predicts ``v = ε - x0``.
 
 The training grid is ``FlowMatchEulerDiscreteScheduler``'s: ``T = num_train_timesteps`` sigmas, grid index
 ``τ = 0..T-1`` (``τ = T-1`` the noisiest, ``σ = 1``) at unshifted time ``s_τ = (τ+1)/T`` and
-``σ_τ = shift·s/(1 + (shift-1)·s)``; the transformer is called with ``σ·T``.
+``σ_τ = shift·s/(1 + (shift-1)·s)`` (``σ_τ = s_τ`` for a scheduler that shifts by resolution at sampling time,
+Flux's: its training sigmas are unshifted); the model time is ``σ·T``.
 
 Training times are drawn as diffusers' SD3 training utilities draw them (``compute_density_for_timestep_sampling``
 then ``indices = (u·T).long()`` into the scheduler's descending timesteps): ``u`` uniform (``weighting_scheme``
@@ -112,13 +113,12 @@ class FlowMatchingProcess(NoiseProcess):
 
     @classmethod
     def from_scheduler_config(cls, config, **options) -> "FlowMatchingProcess":
-        """The training process of a ``FlowMatchEulerDiscreteScheduler`` config (SD3's), with time-sampling ``options``."""
+        """The training process of a ``FlowMatchEulerDiscreteScheduler`` config, with time-sampling ``options``: the
+        scheduler's training sigmas, as diffusers' SD3 and Flux training scripts read them — shifted by ``shift``
+        (SD3), or unshifted where the scheduler shifts by resolution at sampling time (``use_dynamic_shifting``, Flux)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
-        if scheduler.config.use_dynamic_shifting:
-            raise ValueError("This scheduler shifts its sigmas by image resolution (use_dynamic_shifting=True, Flux's); "
-                             "FlowMatchingProcess trains on a fixed shift (SD3's). Set use_dynamic_shifting=False and shift.")
         return cls(scheduler.sigmas.flip(0), scheduler.config.num_train_timesteps, **options)
 
     def _loss_weighting(self, sigmas: torch.Tensor) -> torch.Tensor:
