@@ -4,6 +4,7 @@ Modes:
 * ``map``: a map-style dataset, LoRA, credit="dde"; records the timesteps this rank drew.
 * ``uneven-stream``: a stream whose shard on rank 0 holds corrupt rows and ties that rank 1's lacks.
 * ``full-zero-lr``: full fine-tuning with learning_rate=0 (reference parity under DDP).
+* ``sd3``: ``map`` on a tiny SD3 pipeline (flow matching, logit-normal time sampling).
 
 Writes what the test compares: trained weights, the dde arrays, the drawn timesteps and the log history.
 """
@@ -16,15 +17,19 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from trl_dde import DDEConfig, DDEDiffusionTrainer
-from trl_dde.tiny import tiny_preference_dataset, tiny_sd15_pipeline
+from trl_dde.tiny import tiny_preference_dataset, tiny_sd3_pipeline, tiny_sd15_pipeline
 
 output_dir, mode = sys.argv[1], sys.argv[2]
 rank = int(os.environ["RANK"])
 lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
 options = dict(output_dir=output_dir, credit="dde", max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
                logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
+pipeline = tiny_sd15_pipeline(seed=0)
 if mode == "map":
     data, peft_config = tiny_preference_dataset(16), lora
+elif mode == "sd3":
+    data, peft_config, pipeline = tiny_preference_dataset(16), lora, tiny_sd3_pipeline(seed=0)
+    options.update(weighting_scheme="logit_normal", resolution=32)
 elif mode == "uneven-stream":
     rows = tiny_preference_dataset(24).to_dict()
     for i in (0, 3, 5):  # in the first shard (rows 0-11) only: rank 0 reads it
@@ -36,7 +41,7 @@ elif mode == "uneven-stream":
 else:
     data, peft_config = tiny_preference_dataset(16), None
     options.update(learning_rate=0.0, max_steps=2)
-trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=DDEConfig(**options), train_dataset=data, peft_config=peft_config)
+trainer = DDEDiffusionTrainer(pipeline, args=DDEConfig(**options), train_dataset=data, peft_config=peft_config)
 assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
 
 drawn = []

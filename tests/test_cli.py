@@ -187,7 +187,7 @@ def test_bf16_casts_print_no_empty_float32_warning(pipeline, capfd):
     assert "kept in float32" not in capfd.readouterr().err
 
 
-EXAMPLES = ("sd15_lora.yaml", "sdxl_lora.yaml", "sd15_full_8bit.yaml")
+EXAMPLES = ("sd15_lora.yaml", "sdxl_lora.yaml", "sd15_full_8bit.yaml", "sd3_lora.yaml")
 
 
 def parse_example(name, *overrides):

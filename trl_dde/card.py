@@ -50,6 +50,10 @@ class ModelCardData:
     """What a model card says."""
 
     pipeline_class: str
+    family: str  # the model family's card tag (``sd-1.5``, ``sdxl``, ``sd3``)
+    process: str  # the noise process and its options (``NoiseProcess`` repr)
+    denoiser: str  # the trained module: ``unet`` or ``transformer`` (the folder of a full fine-tune)
+    denoiser_class: str  # its diffusers class, for the loading snippet
     credit: str
     credit_options: str  # the strategy's own description of its options (CreditAssigner.extra_repr)
     is_lora: bool
@@ -116,6 +120,10 @@ def card_data_for(trainer, model_name: str | None = None, dataset_name: str | No
         base_model=base_model or (str(trainer.base_model_name) if trainer.base_model_name else None),
         dataset_name=dataset_name or dataset_name_of(trainer.train_dataset),
         pipeline_class=type(trainer.pipeline).__name__,
+        family=trainer.family.card_tag,
+        process=repr(trainer.process).replace("\n", " "),
+        denoiser=trainer.family.denoiser_name,
+        denoiser_class=type(trainer.family.denoiser).__name__,
         credit=trainer.credit.name,
         credit_options=trainer.credit.extra_repr(),
         is_lora=trainer.is_lora,
@@ -133,23 +141,23 @@ def _usage(data: ModelCardData) -> str:
         return (f"```python\nimport torch\nfrom diffusers import {pipeline_class}\n\n"
                 f"pipe = {pipeline_class}.from_pretrained(\"{base}\", torch_dtype=torch.float16).to(\"cuda\")\n"
                 f"pipe.load_lora_weights(\"{repo}\")\nimage = pipe(\"a photo of an astronaut riding a horse\").images[0]\n```")
-    return (f"```python\nimport torch\nfrom diffusers import {pipeline_class}, UNet2DConditionModel\n\n"
-            f"unet = UNet2DConditionModel.from_pretrained(\"{repo}\", subfolder=\"unet\", torch_dtype=torch.float16)\n"
-            f"pipe = {pipeline_class}.from_pretrained(\"{base}\", unet=unet, torch_dtype=torch.float16).to(\"cuda\")\n"
+    name, cls = data.denoiser, data.denoiser_class
+    return (f"```python\nimport torch\nfrom diffusers import {pipeline_class}, {cls}\n\n"
+            f"{name} = {cls}.from_pretrained(\"{repo}\", subfolder=\"{name}\", torch_dtype=torch.float16)\n"
+            f"pipe = {pipeline_class}.from_pretrained(\"{base}\", {name}={name}, torch_dtype=torch.float16).to(\"cuda\")\n"
             f"image = pipe(\"a photo of an astronaut riding a horse\").images[0]\n```")
 
 
 def render_model_card(data: ModelCardData) -> str:
     """The README.md text of a trained model."""
-    family = "sdxl" if "XL" in data.pipeline_class else "sd-1.5"
-    tags = ["trl", "trl-dde", "diffusers", "dpo", *(["lora"] if data.is_lora else []), data.credit, family,
+    tags = ["trl", "trl-dde", "diffusers", "dpo", *(["lora"] if data.is_lora else []), data.credit, data.family,
             "text-to-image"]
     metadata = {"library_name": "diffusers", "pipeline_tag": "text-to-image", "tags": tags}
     if is_hub_id(data.base_model):
         metadata["base_model"] = data.base_model
     if is_hub_id(data.dataset_name):
         metadata["datasets"] = [data.dataset_name]
-    kind = "LoRA adapter" if data.is_lora else "full UNet fine-tune"
+    kind = "LoRA adapter" if data.is_lora else f"full {data.denoiser} fine-tune"
     lines = [
         "---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
         f"# {data.model_name or 'trl-dde model'}", "",
@@ -157,7 +165,8 @@ def render_model_card(data: ModelCardData) -> str:
         f"pairs by Diffusion DPO, trained with trl-dde and the **`{data.credit}`** "
         "credit-assignment strategy.", "",
         "## Training", "",
-        f"- Base model: `{data.base_model or 'unknown'}` ({data.pipeline_class})",
+        f"- Base model: `{data.base_model or 'unknown'}` ({data.pipeline_class}, model family `{data.family}`)",
+        f"- Noise process: `{data.process}`",
         f"- Dataset: `{data.dataset_name or 'unknown'}`",
         f"- Credit strategy: `{data.credit}` (`{data.credit_options}`)",
     ]

@@ -44,6 +44,13 @@ class DDEConfig(TrainingArguments):
             `learning_rate` becomes this value times the total batch in pairs (`per_device_train_batch_size ×
             gradient_accumulation_steps × number of processes`), e.g. `1e-8 × 2048 = 2.048e-5`.
 
+        > Flow-matching time sampling (SD3; refused for DDPM models)
+
+        weighting_scheme (`str`, *optional*): diffusers' SD3 `weighting_scheme`: `none`/`uniform` (uniform times),
+            `logit_normal` (with `logit_mean`, `logit_std`), `mode` (with `mode_scale`), or the loss weightings
+            `sigma_sqrt` / `cosmap` (uniform times). Default: `none`.
+        logit_mean / logit_std / mode_scale (`float`, *optional*): defaults 0.0, 1.0 and 1.29 (SD3's).
+
         > Data
 
         resolution (`int`, *optional*): training image size; defaults to the UNet's native size.
@@ -123,6 +130,16 @@ class DDEConfig(TrainingArguments):
                           "batch in pairs (per_device_train_batch_size x gradient_accumulation_steps x processes), "
                           "e.g. 1e-8 x 2048 = 2.048e-5. Leave learning_rate unset when using it."},
     )
+
+    # Flow-matching time sampling
+    weighting_scheme: str | None = field(
+        default=None,
+        metadata={"help": "Flow-matching (SD3) time sampling and loss weighting, as diffusers' SD3 training: none, "
+                          "uniform, logit_normal, mode, sigma_sqrt or cosmap. Default: none. Not for DDPM models."},
+    )
+    logit_mean: float | None = field(default=None, metadata={"help": "Mean of logit_normal time sampling (0.0)."})
+    logit_std: float | None = field(default=None, metadata={"help": "Std of logit_normal time sampling (1.0)."})
+    mode_scale: float | None = field(default=None, metadata={"help": "Scale of mode time sampling (1.29)."})
 
     # Data
     resolution: int | None = field(
@@ -232,6 +249,21 @@ class DDEConfig(TrainingArguments):
             raise ValueError(f"DDEConfig.loss_type must be one of {list(LOSS_TYPES)}, got {self.loss_type!r}.")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"DDEConfig.beta must be a positive number (5000 for SD1.5 and SDXL), got {self.beta!r}.")
+        if self.process_options():
+            from .processes.flow_matching import check_time_sampling
+
+            options = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0, "mode_scale": 1.29,
+                       **self.process_options()}
+            try:
+                check_time_sampling(**options)
+            except ValueError as error:
+                raise ValueError(f"DDEConfig.{error}") from None
+
+    def process_options(self) -> dict[str, Any]:
+        """The noise-process options that were set (the flow-matching time sampling), passed to the family's
+        ``process_from_scheduler_config``; a process that takes none refuses them."""
+        names = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @staticmethod
     def _parse_credit_kwargs(value) -> dict[str, Any]:

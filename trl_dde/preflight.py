@@ -56,20 +56,22 @@ def check_lora_targets(peft_config, family_class, model, revision: str | None = 
 
 
 def check_resolution(resolution: int | None, family_class, model, revision: str | None = None) -> None:
-    """``resolution`` is a positive multiple of the VAE's downsampling factor (the images must encode to whole latents)."""
+    """``resolution`` is a positive multiple of the family's ``resolution_multiple`` (the images must encode to whole
+    latents, and those cut into whole patches where the denoiser patches them)."""
     if resolution is None:
         return
     from diffusers import AutoencoderKL, DiffusionPipeline
 
     if isinstance(model, DiffusionPipeline):
-        config = model.vae.config
+        config, denoiser_config = model.vae.config, getattr(model, family_class.denoiser_name).config
     else:
         config = AutoencoderKL.load_config(model, subfolder="vae", revision=revision)
-    factor = family_class.resolution_multiple(config)
+        denoiser_config = AutoencoderKL.load_config(model, subfolder=family_class.denoiser_name, revision=revision)
+    factor = family_class.resolution_multiple(config, denoiser_config)
     if resolution <= 0 or resolution % factor:
         lower, upper = max(factor, resolution // factor * factor), (resolution // factor + 1) * factor
         raise ValueError(f"resolution={resolution} is not a multiple of {factor} (the {family_class.__name__}'s VAE "
-                         f"downsamples images by {factor}). Use {lower} or {upper}.")
+                         f"downsampling times its denoiser's patch size). Use {lower} or {upper}.")
 
 
 def check_8bit_optimizer(args) -> None:

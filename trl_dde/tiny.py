@@ -1,8 +1,9 @@
-"""Tiny Stable Diffusion 1.5- and SDXL-architecture pipelines and preference datasets, built in code.
+"""Tiny Stable Diffusion 1.5-, SDXL- and SD3-architecture pipelines and preference datasets, built in code.
 
 They power ``trl-dde demo`` and the test suite: no download, seconds on a CPU. The component shapes
 follow diffusers' ``get_dummy_components`` (UNet ``block_out_channels=(32, 64)``, cross-attention
-width = text hidden size), with a byte-level CLIP tokenizer written to disk. Weights are random, so
+width = text hidden size), with a byte-level CLIP tokenizer written to disk (and, for SD3, a character-level
+T5 tokenizer built with ``tokenizers``). Weights are random, so
 the "images" a tiny pipeline makes are noise; what is real is every code path they exercise.
 """
 
@@ -16,12 +17,32 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, Features, Image, Value
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from PIL import Image as PILImage
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-__all__ = ["tiny_preference_dataset", "tiny_sd15_pipeline", "tiny_sdxl_pipeline", "tiny_tokenizer"]
+__all__ = ["tiny_flux_pipeline", "tiny_preference_dataset", "tiny_sd3_pipeline", "tiny_sd15_pipeline", "tiny_sdxl_pipeline", "tiny_t5_tokenizer",
+           "tiny_tokenizer"]
 
 TEXT_HIDDEN_SIZE = 32
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
@@ -40,7 +61,19 @@ def tiny_tokenizer(folder: str | Path | None = None) -> CLIPTokenizer:
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
-def _tiny_vae() -> AutoencoderKL:
+def tiny_t5_tokenizer(model_max_length: int = 32) -> T5TokenizerFast:
+    """A character-level T5 tokenizer (Unigram over printable ASCII, ``</s>`` appended, ``<pad>`` = 0), built in code."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocabulary = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)] + [(chr(i), -1.0) for i in range(33, 127)]
+    backend = Tokenizer(models.Unigram(vocabulary, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=model_max_length)
+
+
+def _tiny_vae(**extra) -> AutoencoderKL:
     return AutoencoderKL(
         block_out_channels=[32, 64],
         in_channels=3,
@@ -49,6 +82,7 @@ def _tiny_vae() -> AutoencoderKL:
         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
         latent_channels=4,
         sample_size=32,
+        **extra,
     )
 
 
@@ -133,6 +167,57 @@ def tiny_sdxl_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> Stabl
         unet=unet,
         scheduler=_scheduler(prediction_type),
         add_watermarker=False,
+    )
+
+
+def tiny_sd3_pipeline(seed: int = 0, text_encoder_3: bool = True, shift: float = 3.0) -> StableDiffusion3Pipeline:
+    """A randomly initialised SD3-architecture pipeline (diffusers' dummy SD3 shapes with patch size 2): two CLIP
+    encoders with projections (pooled 32 + 32), a T5 encoder (``text_encoder_3=False``: the no-T5 mode), an
+    ``SD3Transformer2DModel`` and SD3's flow-matching scheduler (``shift=3.0``); 32 px images, 16 px latents."""
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=TEXT_HIDDEN_SIZE, caption_projection_dim=32,
+        pooled_projection_dim=2 * TEXT_HIDDEN_SIZE, pos_embed_max_size=32,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=_tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModelWithProjection(_tiny_text_config(tokenizer, projection_dim=TEXT_HIDDEN_SIZE)),
+        text_encoder_2=CLIPTextModelWithProjection(_tiny_text_config(tokenizer_2, projection_dim=TEXT_HIDDEN_SIZE)),
+        text_encoder_3=_tiny_t5() if text_encoder_3 else None,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        tokenizer_3=tiny_t5_tokenizer() if text_encoder_3 else None,
+    )
+
+
+def _tiny_t5() -> T5EncoderModel:
+    return T5EncoderModel(T5Config(vocab_size=128, d_model=TEXT_HIDDEN_SIZE, d_kv=8, d_ff=37, num_layers=2,
+                                   num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipeline:
+    """A randomly initialised Flux.1-architecture pipeline (diffusers' dummy Flux shapes): CLIP (pooled 32) and T5,
+    a ``FluxTransformer2DModel`` on ``2×2``-packed 4-channel latents (16 input channels), a guidance embedding
+    (Flux.1-dev; ``guidance_embeds=False``: schnell), Flux's dynamically shifted flow-matching scheduler."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=TEXT_HIDDEN_SIZE, pooled_projection_dim=TEXT_HIDDEN_SIZE, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=guidance_embeds,
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
+        vae=_tiny_vae(shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModel(_tiny_text_config(tokenizer)),
+        text_encoder_2=_tiny_t5(),
+        tokenizer=tokenizer,
+        tokenizer_2=tiny_t5_tokenizer(),
     )
 
 

@@ -145,7 +145,8 @@ class DDEDiffusionTrainer(Trainer):
 
         # What is trained and how, from configuration files alone: a bad option fails before any weight loads.
         family_class = family_class_for(model, revision=args.model_revision)
-        process = family_class.process_from_scheduler_config(scheduler_config_of(model, revision=args.model_revision))
+        process = family_class.process_from_scheduler_config(scheduler_config_of(model, revision=args.model_revision),
+                                                               **args.process_options())
         check_lora_targets(peft_config, family_class, model, revision=args.model_revision)
         check_resolution(args.resolution, family_class, model, revision=args.model_revision)
         self.credit = build_credit(credit, process, args)
@@ -292,12 +293,13 @@ class DDEDiffusionTrainer(Trainer):
         return DenoisingOutputs(batch.x0_w, batch.x0_l, noise, timesteps, xt_w, xt_l, pred_w, pred_l, ref_w, ref_l, process)
 
     def _sft_loss(self, model, batch, noise, timesteps, mode):
-        """The paper's SFT baseline: the plain denoising loss (in the model's own target) on the winners only."""
+        """The paper's SFT baseline: the plain denoising loss (in the model's own target, with the process's
+        ``loss_weights``) on the winners only."""
         process = self.process
         x_t = process.add_noise(batch.x0_w, noise, timesteps)
         prediction = self.family.predict(model, x_t, process.model_timesteps(timesteps), batch.winners_conditioning())
         mse = squared_error(prediction, process.target(batch.x0_w, noise, timesteps))
-        loss = mse.mean()
+        loss = (mse * process.loss_weights[timesteps]).mean()  # weighted as the process's recipe weights it
         self.metrics.record(mode, {"mse/policy_chosen": mse, "timestep": timesteps})
         self.metrics.watch(self.state.global_step + 1, policy=prediction, loss=loss)
         return loss

@@ -7,7 +7,9 @@ Preference Alignment via Explicit Denoised Distribution Estimation"): ``dde-sing
 * **Stepwise estimation** (Sec. 3.2, Algorithm 1): the segment from pure noise down to ``x_τ`` is
   corrected by importance ratios. For each of policy/reference and winner/loser an EMA array
   ``R[τ]`` tracks ``½·red((μ_m(x_τ,τ) - μ̃(x_τ,x0))²) = ½·ā[τ-1]b²/(1-ā)²·red((x̂0_m-x0)²)``
-  (``= ½·b²/(a(1-ā))·red((ε̂_m-ε)²)`` wherever ``ā > 0``); the correction of a pair at ``τ`` is
+  (``= ½·b²/(a(1-ā))·red((ε̂_m-ε)²)`` wherever ``ā > 0``)
+  (the coefficient is the process's ``transition_x0_error_coefficient``: this is DDPM's; flow matching's is
+  that of its SDE sampler, docs/credit_strategies.md); the correction of a pair at ``τ`` is
   ``C(τ) = Σ_{k=τ+1}^{T-1} D[k]`` with ``D = R_θw - R_refw - R_θl + R_refl``, read before the current
   step's update (the paper's delayed update).
 * ``dde-step`` = uniform's margin + ``C(τ)``; ``dde`` (Eq. 11) = ``z_single`` + ``C(τ)``.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..processes.ddpm import ddim_jump_coefficients, posterior_mean_x0_error_coefficient
+from ..processes.ddpm import ddim_jump_coefficients
 from .base import CreditAssigner, DenoisingOutputs, squared_error
 from .registry import register_credit
 from .uniform import check_error_space, denoising_margin
@@ -109,6 +111,7 @@ class StepwiseCorrectedCredit(CreditAssigner):
     update cost ``O(T + B)`` and never read a value on the host.
     """
 
+    supported_processes = None  # any process that defines transition_x0_error_coefficient
     needs_x0 = True
 
     def __init__(
@@ -127,7 +130,7 @@ class StepwiseCorrectedCredit(CreditAssigner):
         self.update_cadence = _check_choice("update_cadence", update_cadence, CADENCE_CHOICES)
         self.register_buffer("ratios", torch.zeros(4, self.num_timesteps))
         self.register_buffer("pending", torch.zeros(5, self.num_timesteps), persistent=False)  # 4 sums + 1 count
-        coefficient = posterior_mean_x0_error_coefficient(self.process.alphas_cumprod.double().cpu())
+        coefficient = self.process.transition_x0_error_coefficient()
         self.register_buffer("error_coefficient", coefficient.float(), persistent=False)
         self._last_correction: torch.Tensor | None = None
 
@@ -148,7 +151,8 @@ class StepwiseCorrectedCredit(CreditAssigner):
         return z + correction
 
     def step_values(self, outputs: DenoisingOutputs) -> torch.Tensor:
-        """``½·ā[τ-1]b²/(1-ā)²·red((x̂0_m - x0)²)`` per pair for the four arrays, ``[4, B]``."""
+        """``½·c[τ]·red((x̂0_m - x0)²)`` per pair for the four arrays, ``[4, B]`` (``c`` the process's
+        ``transition_x0_error_coefficient``, ``ā[τ-1]b²/(1-ā)²`` for DDPM)."""
         process, t, reduction = self.process, outputs.timesteps, self.correction_reduction
         estimates = [
             (outputs.x0_w, process.x0(outputs.pred_w, outputs.xt_w, t)),

@@ -11,6 +11,9 @@ quantity the error is measured on (``error_space``):
   matching), what the official code does for every model. For a v-prediction DDPM model
   ``ε̂ - ε = √ā·(v̂ - v)``, so the ε-space margin is the v-space one times ``ā[τ]``: ``"epsilon"`` weighs
   noisy timesteps less than the official v-space loss does.
+
+The margin is multiplied by the process's per-τ ``loss_weights`` (ones for DDPM; SD3's ``sigma_sqrt`` or
+``cosmap`` weighting for flow matching), as the plain denoising loss is.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def denoising_margin(outputs: DenoisingOutputs, error_space: str = "epsilon") ->
     else:
         raise ValueError(f"error_space must be one of {list(ERROR_SPACES)}, got {error_space!r}.")
     theta_w, ref_w, theta_l, ref_l = errors
-    return -0.5 * ((theta_w - ref_w) - (theta_l - ref_l))
+    z = -0.5 * ((theta_w - ref_w) - (theta_l - ref_l))
+    return z if outputs.process is None else z * outputs.process.loss_weights[outputs.timesteps]
 
 
 def epsilon_margin(outputs: DenoisingOutputs) -> torch.Tensor:

@@ -93,13 +93,15 @@ class ModelFamily:
     # ---- loading ------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained_kwargs(cls) -> dict:
-        """Extra ``from_pretrained`` arguments (components training never uses are not loaded)."""
+    def from_pretrained_kwargs(cls, model_index: dict) -> dict:
+        """Extra ``from_pretrained`` arguments for a pipeline with this ``model_index.json`` (components training never
+        uses are not loaded; optional components saved as absent are passed as ``None``)."""
         return {}
 
     @classmethod
-    def process_from_scheduler_config(cls, config) -> NoiseProcess:
-        """The training noise process of a scheduler config of this family."""
+    def process_from_scheduler_config(cls, config, **options) -> NoiseProcess:
+        """The training noise process of a scheduler config of this family, with the process ``options`` the config
+        sets (``DDEConfig.process_options()``: flow matching's time sampling)."""
         raise NotImplementedError
 
     def noise_process(self) -> NoiseProcess:
@@ -124,10 +126,10 @@ class ModelFamily:
         raise NotImplementedError
 
     @classmethod
-    def resolution_multiple(cls, vae_config) -> int:
-        """What training resolutions must be a multiple of: the VAE's downsampling factor (a family whose
-        denoiser patches its latents multiplies it by the patch size)."""
-        return 2 ** (len(vae_config["block_out_channels"]) - 1)
+    def resolution_multiple(cls, vae_config, denoiser_config) -> int:
+        """What training resolutions must be a multiple of: the VAE's downsampling factor times the denoiser's
+        ``patch_size`` (1 for a UNet; a transformer cuts its latents into ``patch_size²`` patches)."""
+        return 2 ** (len(vae_config["block_out_channels"]) - 1) * denoiser_config.get("patch_size", 1)
 
     @property
     def default_resolution(self) -> int:
@@ -150,11 +152,15 @@ class ModelFamily:
         """Token ids for every tokenizer of the family, padded to its maximum length."""
         ids = {}
         for index, tokenizer in enumerate(self.tokenizers):
-            length = tokenizer.model_max_length
+            length = self.token_length(index, tokenizer)
             ids[self.input_ids_key(index)] = tokenizer(
                 prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
             ).input_ids
         return ids
+
+    def token_length(self, index: int, tokenizer) -> int:
+        """The padded length of tokenizer ``index``'s ids (its ``model_max_length``)."""
+        return tokenizer.model_max_length
 
     def encode_prompts(self, token_ids: dict[str, torch.Tensor]) -> Conditioning:
         """The prompt part of the conditioning from ``tokenize``'s output."""
@@ -190,7 +196,7 @@ class ModelFamily:
         needed where a backend runs the model in bf16 without autocast, e.g. DeepSpeed)."""
         dtype = next(unwrap_model(denoiser).parameters()).dtype
         cast = {key: value.to(dtype) if value.is_floating_point() else value for key, value in conditioning.items()}
-        return denoiser(x_t.to(dtype), timesteps, **self.denoiser_kwargs(cast), return_dict=False)[0].float()
+        return denoiser(x_t.to(dtype), timestep=timesteps, **self.denoiser_kwargs(cast), return_dict=False)[0].float()
 
     def prepare_denoiser(self, peft_config=None, weight_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         """Make the denoiser trainable: LoRA adapters (fp32) on frozen ``weight_dtype`` weights, or every weight in fp32."""

@@ -55,7 +55,8 @@ def load_pipeline(
     if not isinstance(model, DiffusionPipeline):
         kwargs = {"torch_dtype": torch_dtype, "variant": variant, "revision": revision}
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        model = family.pipeline_class.from_pretrained(model, **kwargs, **family.from_pretrained_kwargs())
+        model_index = DiffusionPipeline.load_config(model, revision=revision)
+        model = family.pipeline_class.from_pretrained(model, **kwargs, **family.from_pretrained_kwargs(model_index))
     return family(model)
 
 

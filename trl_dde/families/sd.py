@@ -19,8 +19,8 @@ class UNetFamily(ModelFamily):
     process_name = "ddpm"
 
     @classmethod
-    def process_from_scheduler_config(cls, config) -> DDPMProcess:
-        return DDPMProcess.from_scheduler_config(config)
+    def process_from_scheduler_config(cls, config, **options) -> DDPMProcess:
+        return DDPMProcess.from_scheduler_config(config, **options)
 
 
 @register_family("sd")
@@ -31,7 +31,7 @@ class StableDiffusionFamily(UNetFamily):
     card_tag = "sd-1.5"
 
     @classmethod
-    def from_pretrained_kwargs(cls) -> dict:
+    def from_pretrained_kwargs(cls, model_index: dict) -> dict:
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     def vae_dtype(self, weight_dtype: torch.dtype, replaced_vae: bool) -> torch.dtype:

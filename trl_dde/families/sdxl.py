@@ -24,7 +24,7 @@ class StableDiffusionXLFamily(UNetFamily):
     image_conditioning_keys = ("time_ids",)
 
     @classmethod
-    def from_pretrained_kwargs(cls) -> dict:
+    def from_pretrained_kwargs(cls, model_index: dict) -> dict:
         return {"add_watermarker": False}
 
     @property

@@ -2,6 +2,7 @@
 
 from .base import NoiseProcess, per_sample
 from .ddpm import DDPMProcess
+from .flow_matching import FlowMatchingProcess
 from .registry import available_processes, get_process_class, register_process
 
-__all__ = ["DDPMProcess", "NoiseProcess", "available_processes", "get_process_class", "per_sample", "register_process"]
+__all__ = ["DDPMProcess", "FlowMatchingProcess", "NoiseProcess", "available_processes", "get_process_class", "per_sample", "register_process"]

@@ -9,7 +9,10 @@ predicts, so the trainer and the credit strategies never see a schedule directly
   called with (``model_timesteps``);
 * conversions of the model's native output (``prediction_type``) to ``ε̂`` and ``x̂0`` and the target
   of its plain denoising loss (``target``);
-* the default distribution of training times (``timestep_weights``).
+* the default distribution of training times (``timestep_weights``) and the per-τ weight of the plain
+  denoising loss (``loss_weights``);
+* the coefficient that turns an ``x̂0`` error into the error of the sampler's stochastic transition mean
+  (``transition_x0_error_coefficient``), which the stepwise DDE correction accumulates.
 
 Processes are ``torch.nn.Module``s holding their tables as non-persistent buffers, so one ``.to(device)``
 puts them next to the data: reading a coefficient never copies from the host during a step.
@@ -67,9 +70,20 @@ class NoiseProcess(nn.Module):
         """Unnormalised default probability of training on each ``τ`` (uniform)."""
         return torch.ones(self.num_timesteps, dtype=torch.float64)
 
+    @property
+    def loss_weights(self) -> torch.Tensor:
+        """Per-τ weight of the plain denoising loss (``Tensor[T]`` buffer; all ones unless the process's training
+        recipe weights its loss, e.g. SD3's ``sigma_sqrt``)."""
+        raise NotImplementedError
+
     def model_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The time value the denoiser is called with for grid indices ``timesteps``."""
         return timesteps
+
+    def transition_x0_error_coefficient(self) -> torch.Tensor:
+        """``c[τ]`` (float64, CPU) with ``‖μ_θ(x_τ) - μ*(x_τ, x0)‖² = c[τ]·‖x̂0 - x0‖²``, where ``μ`` is the mean of the
+        stochastic sampler step leaving ``τ`` and ``μ*`` that mean with the true denoising target."""
+        raise NotImplementedError
 
     # ---- noising and conversions ---------------------------------------------------------------------
 

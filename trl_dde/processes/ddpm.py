@@ -114,11 +114,18 @@ class DDPMProcess(NoiseProcess):
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
         self.register_buffer("_signal", alphas_cumprod.sqrt().float(), persistent=False)
         self.register_buffer("_noise_scale", (1.0 - alphas_cumprod).sqrt().float(), persistent=False)
+        self.register_buffer("_loss_weights", torch.ones_like(alphas_cumprod).float(), persistent=False)
 
     @classmethod
-    def from_scheduler_config(cls, config) -> "DDPMProcess":
-        """The training process of any DDPM-family diffusers scheduler config (DDPM, DDIM, PNDM, Euler, ...)."""
+    def from_scheduler_config(cls, config, **options) -> "DDPMProcess":
+        """The training process of any DDPM-family diffusers scheduler config (DDPM, DDIM, PNDM, Euler, ...).
+
+        DDPM training takes no time-sampling ``options``; any given (e.g. a ``weighting_scheme``) is refused."""
         from diffusers import DDPMScheduler
+
+        if options:
+            raise ValueError(f"The DDPM process takes no time-sampling options, got {sorted(options)}: they configure "
+                             "flow-matching models (SD3). Leave them unset for this model.")
 
         scheduler = DDPMScheduler.from_config(config)
         return cls(scheduler.alphas_cumprod, scheduler.config.prediction_type)
@@ -130,6 +137,14 @@ class DDPMProcess(NoiseProcess):
     @property
     def noise_scale(self) -> torch.Tensor:
         return self._noise_scale
+
+    @property
+    def loss_weights(self) -> torch.Tensor:
+        return self._loss_weights
+
+    def transition_x0_error_coefficient(self) -> torch.Tensor:
+        """The ancestral DDPM step's ``ā[τ-1]·b²/(1-ā)²`` (``posterior_mean_x0_error_coefficient``)."""
+        return posterior_mean_x0_error_coefficient(self.alphas_cumprod.double().cpu())
 
     @property
     def zero_terminal_snr(self) -> bool:
