@@ -1,4 +1,5 @@
-"""The ``trl-dde`` command: ``train`` (YAML or flags), ``demo`` (offline comparison), ``eval``.
+"""The ``trl-dde`` command: ``train`` (YAML or flags), ``demo`` (offline comparison), ``eval``, ``pairs`` (generate
+preference data), ``data inspect | relabel``.
 
 Each subcommand imports only what it needs, when it runs: ``trl-dde --help`` loads no torch,
 transformers or diffusers.
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     demo = commands.add_parser("demo", help="compare all credit strategies on a tiny offline pipeline (no download)")
     evaluate = commands.add_parser("eval", help="compare tuned models with their base (paired images, scorers, beat "
                                                 "ratios), or draw credit diagnostics of a run (--diagnostics RUN_DIR)")
+    pairs = commands.add_parser("pairs", help="generate a preference dataset from a model and rewards (AI feedback)")
+    data = commands.add_parser("data", help="inspect a preference dataset, or relabel it with a reward")
     command = argv[0] if argv else None
     if command == "train":
         train(argv[1:])
@@ -198,11 +201,25 @@ def main(argv: list[str] | None = None) -> None:
 
         _search_current_folder()  # for --scorers my_module:my_reward
         add_eval_arguments(evaluate)
+    if command == "pairs":
+        from .pairs.cli import add_pairs_arguments, run_pairs
+
+        _search_current_folder()  # for --reward my_module:my_reward
+        add_pairs_arguments(pairs)
+    if command == "data":
+        from .pairs.cli import add_data_arguments, run_data
+
+        _search_current_folder()
+        add_data_arguments(data)
     options = parser.parse_args(argv)
     if options.command == "demo":
         run_demo(options)
     elif options.command == "eval":
         run_eval(options)
+    elif options.command == "pairs":
+        run_pairs(options)
+    elif options.command == "data":
+        run_data(options)
     else:
         parser.print_help()
 

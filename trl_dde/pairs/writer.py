@@ -82,7 +82,9 @@ class PairShards:
         temporary = self.output_dir / ".tmp" / f"{self.path(shard).name}.{os.getpid()}"
         temporary.parent.mkdir(parents=True, exist_ok=True)
         self.path(shard).parent.mkdir(parents=True, exist_ok=True)
-        Dataset.from_dict(rows, features=PAIR_FEATURES).to_parquet(str(temporary))
+        import pyarrow.parquet as pq
+
+        pq.write_table(Dataset.from_dict(rows, features=PAIR_FEATURES).data.table, temporary)  # features in its metadata
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, self.path(shard))
