@@ -101,6 +101,7 @@ def generate_pairs(
                          prompts_per_shard)
     shards.claim(config)
     todo = shards.missing(rank, world_size)
+    shards.clear_temporary(todo)
     count = settings.num_images_per_prompt
     bar = tqdm(total=sum(len(shards.prompt_range(s)) for s in todo) * count, unit="img", disable=not progress,
                desc=f"pairs{f' [rank {rank}/{world_size}]' if world_size > 1 else ''}")

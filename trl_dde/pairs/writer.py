@@ -77,6 +77,12 @@ class PairShards:
             return
         _atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
+    def clear_temporary(self, shards: list[int]) -> None:
+        """Remove what killed runs left half-written for ``shards`` (this process's own, so no other writes them)."""
+        for shard in shards:
+            for stale in (self.output_dir / ".tmp").glob(f"{self.path(shard).name}.*"):
+                stale.unlink(missing_ok=True)
+
     def write(self, shard: int, rows: dict[str, list]) -> None:
         """Write shard ``shard`` atomically: a temporary file, flushed, then renamed into ``data/``."""
         temporary = self.output_dir / ".tmp" / f"{self.path(shard).name}.{os.getpid()}"
