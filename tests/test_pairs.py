@@ -351,3 +351,23 @@ def test_data_inspect_reports_schema_ties_and_undecodable_images(tmp_path, capsy
     assert lines["layout"] == "pickapic" and lines["rows"] == "8" and lines["ties"] == "2"
     assert lines["undecodable or invalid"] == "1" and lines["usable pairs"] == "5"
     assert out.count("example") == 2
+
+
+# ---------------------------------------------------------------- two processes
+
+
+def test_two_processes_split_the_shards_and_write_one_dataset(tmp_path, pipeline_folder, prompts_file):
+    """`torchrun --nproc_per_node 2 -m trl_dde.cli pairs`: rank 0 takes shards 0 and 2, rank 1 shard 1; the result is
+    the single-process dataset, and the card is written once every shard exists."""
+    from test_distributed import free_port
+
+    generate_in_process(pipeline_folder, tmp_path / "single")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "trl_dde.cli", *pairs_args(pipeline_folder, prompts_file, tmp_path / "two")]
+    result = subprocess.run(command, cwd=TESTS, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[rank 0/2]: 100%|██████████| 9/9" in result.stderr  # shards 0 and 2: prompts 0, 1, 4 x 3 images
+    assert "[rank 1/2]: 100%|██████████| 6/6" in result.stderr  # shard 1: prompts 2, 3 x 3 images
+    assert_same_rows(rows_of(tmp_path / "two"), rows_of(tmp_path / "single"))
+    assert json.loads((tmp_path / "two" / "pairs.json").read_text())["statistics"]["pairs"] == len(PROMPTS)
