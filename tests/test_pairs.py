@@ -101,6 +101,9 @@ def test_generated_pairs_respect_the_margin_and_train_directly(tmp_path, pipelin
     assert "mean margin" in result.stdout and "pairs" in result.stdout
     dataset = load_preference_split(str(output), None, "train")
     assert len(dataset) > 0
+    from datasets import load_dataset
+
+    assert load_dataset(str(output), split="train")["chosen_seed"] == dataset["chosen_seed"]  # plain datasets reads it too
     for row in dataset:
         # the stored (lossless PNG) images score as recorded, by the reward recomputed here
         assert brightness([row["chosen"]], [""])[0] == pytest.approx(row["chosen_score"], rel=1e-6)  # rewards are float32
@@ -371,3 +374,49 @@ def test_two_processes_split_the_shards_and_write_one_dataset(tmp_path, pipeline
     assert "[rank 1/2]: 100%|██████████| 6/6" in result.stderr  # shard 1: prompts 2, 3 x 3 images
     assert_same_rows(rows_of(tmp_path / "two"), rows_of(tmp_path / "single"))
     assert json.loads((tmp_path / "two" / "pairs.json").read_text())["statistics"]["pairs"] == len(PROMPTS)
+
+
+# ---------------------------------------------------------------- online rounds
+
+
+def test_two_online_rounds_train_and_the_second_draws_from_the_first_adapter(tmp_path, pipeline_folder, prompts_file,
+                                                                           monkeypatch, capsys):
+    import torch
+
+    from trl_dde.cli import train
+    from trl_dde.evaluation.generation import GenerationSettings, ModelSpec, model_variant, render
+    from trl_dde.families import load_pipeline
+
+    monkeypatch.chdir(TESTS)
+    output = tmp_path / "online"
+    records = train(["--model_name_or_path", pipeline_folder, "--use_peft", "--lora_r", "4", "--online_rounds", "2",
+                     "--online_prompts", str(prompts_file), "--online_reward", "pairs_reward:brightness",
+                     "--online_images_per_prompt", "3", "--online_num_inference_steps", "2", "--online_resolution", "32",
+                     "--online_batch_size", "1", "--max_steps", "2", "--per_device_train_batch_size", "2",
+                     "--learning_rate", "0.05", "--output_dir", str(output), "--use_cpu", "--report_to", "none",
+                     "--save_strategy", "no", "--disable_tqdm", "true", "--seed", "0"])
+    assert [r["round"] for r in records] == [0, 1]
+    assert json.loads((output / "rounds.json").read_text()) == records
+    assert "| round | generated with |" in capsys.readouterr().out
+    first_adapter = str(output / "round-0" / "adapter")
+    for r in (0, 1):
+        assert (output / f"round-{r}" / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+        assert (output / f"round-{r}" / "pairs" / "README.md").is_file()
+    assert json.loads((output / "round-0" / "pairs" / "pairs.json").read_text())["adapter"] is None
+    assert json.loads((output / "round-1" / "pairs" / "pairs.json").read_text())["adapter"] == first_adapter
+    assert records[1]["generated_with"] == first_adapter
+    # the second round's chosen image is what base + the first round's adapter draws from its seed, not the base's
+    row = load_preference_split(str(output / "round-1" / "pairs"), None, "train")[0]
+    settings = GenerationSettings(num_inference_steps=2, resolution=32, batch_size=1)  # as generated: one per call
+    family = load_pipeline(pipeline_folder)
+    family.pipeline.set_progress_bar_config(disable=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = render(family.pipeline, [row["prompt"]], [row["chosen_seed"]], settings)[0]
+        with model_variant(family, ModelSpec("policy", adapter=first_adapter)) as policy:
+            tuned = render(policy, [row["prompt"]], [row["chosen_seed"]], settings)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(pixels(tuned), pixels(row["chosen"]))
+    assert not np.array_equal(pixels(base), pixels(row["chosen"]))

@@ -4,7 +4,7 @@
 It records what reproducing the data needs and what judging it needs: the model (and adapter), the rewards
 with their weights and descriptions, the sampler settings (scheduler, steps, guidance, size, images per
 prompt), the seed scheme, the pair selection and margin, and the counts (prompts, images, pairs, ties,
-prompts that gave no pair) with the mean scores of chosen and rejected images.
+prompts that gave no pair) with the mean score of all generated images and of the chosen and rejected ones.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from pathlib import Path
 __all__ = ["dataset_statistics", "write_dataset_card"]
 
 
-def dataset_statistics(dataset, num_prompts: int, images_per_prompt: int) -> dict:
-    """Counts and mean scores of a generated dataset."""
+def dataset_statistics(dataset, num_prompts: int, images_per_prompt: int, image_scores: list[float]) -> dict:
+    """Counts and mean scores of a generated dataset; ``image_scores`` are all generated images' scores (their mean
+    is the reward of the model that generated them)."""
     pairs = len(dataset)
     mean = (lambda column: float(sum(dataset[column]) / pairs)) if pairs else (lambda column: None)
     return {
         "prompts": num_prompts,
         "images": num_prompts * images_per_prompt,
+        "mean_image_score": float(sum(image_scores) / len(image_scores)),
         "pairs": pairs,
         "ties": int(sum(dataset["tie"])) if pairs else 0,
         "prompts_without_pair": num_prompts - len(set(dataset["prompt_index"])),

@@ -7,8 +7,9 @@ than two images per prompt, weights that do not match the rewards) is reported b
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
+from pathlib import Path
 
 __all__ = ["add_data_arguments", "add_pairs_arguments", "run_data", "run_pairs"]
 
@@ -74,9 +75,7 @@ def run_pairs(options: argparse.Namespace):
     if dataset is None:
         print(f"rank {rank}/{world_size}: shards written; the last process to finish writes the dataset card.")
     else:
-        from ..pairs.card import dataset_statistics
-
-        statistics = dataset_statistics(dataset, len(prompts), options.images_per_prompt)
+        statistics = json.loads((Path(options.output_dir) / "pairs.json").read_text(encoding="utf-8"))["statistics"]
         print(_table(statistics))
         print(f"Wrote {len(dataset)} pairs to {options.output_dir} (train with --dataset_name {options.output_dir}).")
     return dataset

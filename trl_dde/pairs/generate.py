@@ -114,12 +114,13 @@ def generate_pairs(
                 images += render(pipeline, [prompts[p] for p, _, _ in batch], [s for _, _, s in batch], settings)
                 bar.update(len(batch))
             scores = reward(images, [prompts[p] for p, _, _ in items]).tolist()
-            shards.write(shard, _rows(prompts, items, images, scores, settings, selection, margin))
+            shards.write(shard, _rows(prompts, items, images, scores, settings, selection, margin),
+                         [scores[first:first + count] for first in range(0, len(scores), count)])
     bar.close()
     if shards.missing():
         return None
     dataset = shards.load()
-    write_dataset_card(output_dir, config, dataset_statistics(dataset, len(prompts), count))
+    write_dataset_card(output_dir, config, dataset_statistics(dataset, len(prompts), count, shards.image_scores()))
     return dataset
 
 
@@ -150,14 +151,14 @@ def _rows(prompts, items, images, scores, settings, selection, margin) -> dict[s
 def _run_config(model, adapter, pipeline, prompts, reward, rewards, weights, settings, selection, margin,
                 prompts_per_shard) -> dict:
     """What the run generates, recorded in ``pairs_config.json`` (a resume must match it) and the dataset card. The
-    batch size changes no image's seed, so a resume may use another one."""
+    batch size is part of it: it changes no seed, but batched kernels round differently."""
     model_name = model if isinstance(model, (str, os.PathLike)) else getattr(pipeline, "name_or_path", None) or f"a {type(pipeline).__name__} instance"
     return {
         "model": str(model_name), "adapter": None if adapter is None else str(adapter),
         "pipeline": type(pipeline).__name__, "scheduler": type(pipeline.scheduler).__name__,
         "rewards": [{"name": r.name, "weight": w, "description": r.description} for r, w in zip(rewards, weights)],
         "combined_reward": reward.name,
-        "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"}, "selection": selection, "margin": float(margin),
+        "settings": asdict(settings), "selection": selection, "margin": float(margin),
         "prompts_per_shard": prompts_per_shard, "num_prompts": len(prompts),
         "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode("utf-8")).hexdigest(),
     }

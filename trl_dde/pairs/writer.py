@@ -18,9 +18,10 @@ from pathlib import Path
 
 from datasets import Dataset, Features, Image, Value, concatenate_datasets
 
-__all__ = ["PAIR_FEATURES", "PairShards"]
+__all__ = ["PAIR_FEATURES", "PairShards", "is_generated_dataset", "load_generated_pairs"]
 
 CONFIG = "pairs_config.json"
+SCORES_KEY = b"trl_dde_image_scores"  # Parquet metadata: every generated image's score, paired or not
 PAIR_FEATURES = Features({
     "prompt": Value("string"), "chosen": Image(), "rejected": Image(),
     "chosen_score": Value("float64"), "rejected_score": Value("float64"), "margin": Value("float64"), "tie": Value("bool"),
@@ -83,17 +84,28 @@ class PairShards:
             for stale in (self.output_dir / ".tmp").glob(f"{self.path(shard).name}.*"):
                 stale.unlink(missing_ok=True)
 
-    def write(self, shard: int, rows: dict[str, list]) -> None:
-        """Write shard ``shard`` atomically: a temporary file, flushed, then renamed into ``data/``."""
+    def write(self, shard: int, rows: dict[str, list], image_scores: list[list[float]]) -> None:
+        """Write shard ``shard`` atomically: a temporary file, flushed, then renamed into ``data/``. The scores of
+        all its images (one list per prompt, paired or not) go into the file's metadata, so they are written
+        exactly when the rows are."""
         temporary = self.output_dir / ".tmp" / f"{self.path(shard).name}.{os.getpid()}"
         temporary.parent.mkdir(parents=True, exist_ok=True)
         self.path(shard).parent.mkdir(parents=True, exist_ok=True)
         import pyarrow.parquet as pq
 
-        pq.write_table(Dataset.from_dict(rows, features=PAIR_FEATURES).data.table, temporary)  # features in its metadata
+        table = Dataset.from_dict(rows, features=PAIR_FEATURES).data.table  # the features travel in its metadata
+        table = table.replace_schema_metadata({**table.schema.metadata, SCORES_KEY: json.dumps(image_scores).encode()})
+        pq.write_table(table, temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, self.path(shard))
+
+    def image_scores(self) -> list[float]:
+        """The score of every generated image of every written shard (in prompt, then image, order)."""
+        import pyarrow.parquet as pq
+
+        return [score for shard in range(self.num_shards) if self.path(shard).is_file()
+                for prompt in json.loads(pq.read_schema(self.path(shard)).metadata[SCORES_KEY]) for score in prompt]
 
     def load(self) -> Dataset:
         """Every shard, in prompt order, as one ``Dataset`` (all shards must be written)."""
@@ -104,3 +116,15 @@ class PairShards:
         import pyarrow.parquet as pq
 
         return concatenate_datasets([Dataset(pq.read_table(self.path(s))) for s in range(self.num_shards)])
+
+
+def is_generated_dataset(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` was written by ``generate_pairs`` / ``trl-dde pairs``."""
+    return (Path(folder) / CONFIG).is_file()
+
+
+def load_generated_pairs(folder: str | os.PathLike) -> Dataset:
+    """A generated dataset, read from its shards directly (no ``datasets`` cache: two generated folders can have
+    the same name, shard names and modification times, which the cache would take for the same data)."""
+    config = json.loads((Path(folder) / CONFIG).read_text(encoding="utf-8"))
+    return PairShards(folder, config["num_prompts"], config["prompts_per_shard"]).load()
