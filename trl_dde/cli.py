@@ -1,4 +1,5 @@
-"""The ``trl-dde`` command: ``train`` (YAML or flags), ``demo`` (offline comparison), ``eval``.
+"""The ``trl-dde`` command: ``train`` (YAML or flags), ``demo`` (offline comparison), ``eval``, ``pairs`` (generate
+preference data), ``data inspect | relabel``.
 
 Each subcommand imports only what it needs, when it runs: ``trl-dde --help`` loads no torch,
 transformers or diffusers.
@@ -84,13 +85,20 @@ def load_preference_split(name: str, config: str | None, split: str, streaming: 
                           option: str = "dataset_split"):
     """One split of a preference dataset, from wherever ``--dataset_name`` points, optionally streamed.
 
-    ``name`` is a ``save_to_disk`` folder, a local data file (its format follows its extension, as in
+    ``name`` is a folder written by ``trl-dde pairs``, a ``save_to_disk`` folder, a local data file (its format follows its extension, as in
     ``datasets``), a local folder of data files, or a Hub id. A split that does not exist is a ``ValueError``
     naming ``option`` and listing the splits that do.
     """
     from datasets import load_dataset, load_from_disk
 
+    from .pairs.writer import is_generated_dataset, load_generated_pairs
+
     name = os.path.expanduser(name)
+    if os.path.isdir(name) and is_generated_dataset(name):  # trl-dde pairs output: its shards, past the datasets cache
+        if split != "train":
+            raise ValueError(f"{option}={split!r}: {name} (written by trl-dde pairs) holds one split, 'train'.")
+        dataset = load_generated_pairs(name)
+        return dataset.to_iterable_dataset(num_shards=max(1, dataset.num_rows // 1000)) if streaming else dataset
     if os.path.isdir(name) and _saved_with_save_to_disk(name):
         dataset = _saved_split(load_from_disk(name), name, split, option)
         return dataset.to_iterable_dataset(num_shards=max(1, dataset.num_rows // 1000)) if streaming else dataset
@@ -119,17 +127,21 @@ def _add_config_option(parser) -> None:
 
 
 def train(argv: list[str]):
-    """Parse ``trl-dde train`` arguments (YAML via ``--config``, flags override), train, save; returns the trainer."""
+    """Parse ``trl-dde train`` arguments (YAML via ``--config``, flags override), train, save; returns the trainer
+    (with ``--online_rounds``: the per-round records of ``pairs.online.run_online_rounds``)."""
     from trl import TrlParser
 
     from .config import DDEConfig
+    from .pairs.online import OnlineArguments
 
-    _search_current_folder()  # for --credit my_module:MyCredit
-    parser = TrlParser((ScriptArguments, DDEConfig), prog="trl-dde train",
+    _search_current_folder()  # for --credit my_module:MyCredit, --online_reward my_module:my_reward
+    parser = TrlParser((ScriptArguments, DDEConfig, OnlineArguments), prog="trl-dde train",
                        description="Train a Stable Diffusion pipeline on preference pairs. Options come from flags "
                                    "and/or a YAML file given with --config FILE.yaml (flags override the file).")
     _add_config_option(parser)
-    script, args = parser.parse_args_and_config(argv)  # DDEConfig validates itself here, before anything loads
+    script, args, online = parser.parse_args_and_config(argv)  # DDEConfig validates itself here, before anything loads
+    if online.online_rounds:
+        return _train_online(parser, script, args, online)
     if not script.model_name_or_path or not script.dataset_name:
         parser.error("--model_name_or_path and --dataset_name are required (flags or YAML keys).")
     if script.dataset_streaming and args.max_steps <= 0:
@@ -138,12 +150,7 @@ def train(argv: list[str]):
                                           script.dataset_streaming, option="dataset_split")
     eval_dataset = (load_preference_split(script.dataset_name, script.dataset_config, script.eval_split,
                                           option="eval_split") if script.eval_split else None)
-    peft_config = None
-    if script.use_peft:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, lora_dropout=script.lora_dropout,
-                                 init_lora_weights="gaussian", target_modules=script.lora_target_modules)
+    peft_config = _peft_config(script)
 
     from .trainer import DDEDiffusionTrainer
 
@@ -161,6 +168,31 @@ def train(argv: list[str]):
     if args.push_to_hub:
         trainer.push_to_hub(**card)
     return trainer
+
+
+def _peft_config(script: ScriptArguments):
+    """The LoRA configuration of ``--use_peft`` (``None`` without it)."""
+    if not script.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, lora_dropout=script.lora_dropout,
+                      init_lora_weights="gaussian", target_modules=script.lora_target_modules)
+
+
+def _train_online(parser, script: ScriptArguments, args, online) -> list[dict]:
+    """``--online_rounds R``: generate → score → train per round (``pairs.online``); no --dataset_name."""
+    from .pairs.online import run_online_rounds
+
+    if not script.model_name_or_path:
+        parser.error("--model_name_or_path is required (flag or YAML key).")
+    if script.dataset_name:
+        parser.error("--online_rounds generates each round's pairs; do not give --dataset_name too.")
+    try:
+        online.check(script.use_peft)
+    except ValueError as error:
+        parser.error(str(error))
+    return run_online_rounds(script.model_name_or_path, args, online, _peft_config(script))
 
 
 def _search_current_folder() -> None:
@@ -184,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     demo = commands.add_parser("demo", help="compare all credit strategies on a tiny offline pipeline (no download)")
     evaluate = commands.add_parser("eval", help="compare tuned models with their base (paired images, scorers, beat "
                                                 "ratios), or draw credit diagnostics of a run (--diagnostics RUN_DIR)")
+    pairs = commands.add_parser("pairs", help="generate a preference dataset from a model and rewards (AI feedback)")
+    data = commands.add_parser("data", help="inspect a preference dataset, or relabel it with a reward")
     command = argv[0] if argv else None
     if command == "train":
         train(argv[1:])
@@ -198,11 +232,25 @@ def main(argv: list[str] | None = None) -> None:
 
         _search_current_folder()  # for --scorers my_module:my_reward
         add_eval_arguments(evaluate)
+    if command == "pairs":
+        from .pairs.cli import add_pairs_arguments, run_pairs
+
+        _search_current_folder()  # for --reward my_module:my_reward
+        add_pairs_arguments(pairs)
+    if command == "data":
+        from .pairs.cli import add_data_arguments, run_data
+
+        _search_current_folder()
+        add_data_arguments(data)
     options = parser.parse_args(argv)
     if options.command == "demo":
         run_demo(options)
     elif options.command == "eval":
         run_eval(options)
+    elif options.command == "pairs":
+        run_pairs(options)
+    elif options.command == "data":
+        run_data(options)
     else:
         parser.print_help()
 

@@ -61,6 +61,11 @@ class DDEConfig(TrainingArguments):
             `precompute_cache_dir`.
         caption_column, image_0_column, image_1_column, label_0_column: Pick-a-Pic v2 column names.
         prompt_column, chosen_column, rejected_column: paired-schema column names.
+        images_column, ranks_column, ranked_pairs: the ranked layout (one prompt, ranked images → pairs:
+            `adjacent`, `all` or `best_worst`).
+        column_map (`dict` or JSON `str`, *optional*): the dataset's column for each role (`prompt`, `chosen`,
+            `rejected`, `caption`, `jpg_0`, `jpg_1`, `label_0`, `images`, `ranks`); sets the `*_column` options.
+        image_root (`str`, *optional*): local folder for string image cells (relative paths, mirrored URLs).
 
         > Model
 
@@ -75,7 +80,7 @@ class DDEConfig(TrainingArguments):
             `validation_scorer`.
     """
 
-    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "credit_kwargs"]
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "credit_kwargs", "column_map"]
 
     # Overridden TrainingArguments defaults
     learning_rate: float = field(
@@ -188,6 +193,24 @@ class DDEConfig(TrainingArguments):
     prompt_column: str = field(default="prompt", metadata={"help": "Paired schema: prompt column."})
     chosen_column: str = field(default="chosen", metadata={"help": "Paired schema: preferred image column."})
     rejected_column: str = field(default="rejected", metadata={"help": "Paired schema: rejected image column."})
+    images_column: str = field(default="images", metadata={"help": "Ranked layout: column of a list of images."})
+    ranks_column: str = field(default="ranks", metadata={"help": "Ranked layout: column of their ranks (1 = best)."})
+    ranked_pairs: str = field(
+        default="adjacent",
+        metadata={"help": "Ranked layout: which pairs a list gives (adjacent ranks, all, or best vs worst).",
+                  "choices": ["adjacent", "all", "best_worst"]},
+    )
+    column_map: dict[str, str] | str | None = field(
+        default=None,
+        metadata={"help": "Dataset column of each role, a JSON object, e.g. '{\"prompt\": \"caption\", \"chosen\": "
+                          "\"image_a\", \"rejected\": \"image_b\"}'. Roles: prompt, chosen, rejected, caption, jpg_0, "
+                          "jpg_1, label_0, images, ranks. Sets the matching *_column options."},
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Local folder that string image cells are resolved in: relative paths under it, URLs "
+                          "https://host/a.jpg at image_root/host/a.jpg (a local mirror; nothing is downloaded)."},
+    )
 
     # Model
     vae: str | None = field(
@@ -225,6 +248,10 @@ class DDEConfig(TrainingArguments):
         if self.gradient_checkpointing is not None and self.activation_checkpointing is None:
             self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
         self.credit_kwargs = self._parse_credit_kwargs(self.credit_kwargs)  # before transformers parses it bare
+        from .data.adapters import apply_column_map, parse_column_map
+
+        self.column_map = parse_column_map(self.column_map)
+        apply_column_map(self)
         super().__post_init__()
         self._check_preference_options()
         self._check_data_options()

@@ -19,8 +19,9 @@ import random
 import torch
 from datasets import Dataset, Image, IterableDataset
 
+from .adapters import ranked_to_pairs, resolve_image_reference
 from .images import augmentation_seed, image_error, load_image
-from .schema import TIE, PreferenceSchema, detect_schema, schemas_from_args
+from .schema import TIE, PreferenceSchema, detect_schema, layouts_from_args
 
 __all__ = ["AUGMENTATION_SEED", "PreparedData", "PreferencePairs", "PreferenceStream", "prepare_preference_dataset", "row_problem"]
 
@@ -67,11 +68,20 @@ class PreparedData:
 
 def prepare_preference_dataset(dataset: Dataset | IterableDataset, args, split: str = "train") -> PreparedData:
     """Check the schema, keep only its columns with images undecoded, drop ties (``args.drop_ties``) and
-    unusable rows. A stream is only checked against its first row here; ``PreferenceStream`` filters it."""
+    unusable rows. A ranked layout is expanded into pairs first (``args.ranked_pairs``) and string image cells
+    are resolved in ``args.image_root`` (``adapters``). A stream is only checked against its first row here;
+    ``PreferenceStream`` filters it."""
     streaming = isinstance(dataset, IterableDataset)
-    columns = dataset.column_names if dataset.column_names is not None else list(next(iter(dataset)))
-    schema = detect_schema(columns, schemas_from_args(args))
+    schema = detect_schema(_columns(dataset), layouts_from_args(args))
     dataset = dataset.select_columns(list(schema.columns))
+    if schema.kind == "ranked":
+        dataset = dataset.map(ranked_to_pairs, batched=True, remove_columns=list(schema.columns),
+                              fn_kwargs={"prompt": schema.prompt, "images": schema.images, "ranks": schema.ranks,
+                                         "mode": args.ranked_pairs},
+                              **({} if streaming else {"desc": f"Expanding the ranked {split} lists into pairs"}))
+        schema = PreferenceSchema("paired", "prompt", "chosen", "rejected")
+        dataset = dataset.select_columns(list(schema.columns))
+    dataset = _resolve_references(dataset, schema, args.image_root, streaming)
     for column in schema.image_columns:
         if dataset.features is not None and isinstance(dataset.features[column], Image):
             dataset = dataset.cast_column(column, Image(decode=False))
@@ -112,6 +122,24 @@ def prepare_preference_dataset(dataset: Dataset | IterableDataset, args, split: 
     if len(keep) < total:
         dataset = dataset.select(keep)
     return PreparedData(dataset, schema, ties_dropped=sum(ties), corrupt_dropped=len(bad))
+
+
+def _columns(dataset) -> list[str]:
+    return dataset.column_names if dataset.column_names is not None else list(next(iter(dataset)))
+
+
+def _resolve_references(dataset, schema: PreferenceSchema, image_root: str | None, streaming: bool):
+    """String image cells (paths, URLs) as local paths (``resolve_image_reference``); other cells untouched.
+    Columns known not to hold strings (bytes, ``datasets.Image``) are not rewritten."""
+    features = dataset.features
+    if features is not None and not any(getattr(features[c], "dtype", None) == "string" for c in schema.image_columns):
+        return dataset
+
+    def resolve(batch):
+        return {column: [resolve_image_reference(value, image_root) for value in batch[column]]
+                for column in schema.image_columns}
+
+    return dataset.map(resolve, batched=True, **({} if streaming else {"desc": "Resolving image references"}))
 
 
 def _row_list(rows: list[int], limit: int = 20) -> str:

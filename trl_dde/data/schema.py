@@ -1,19 +1,21 @@
 """Which columns of a preference dataset hold the prompt, the two images and the label.
 
-Two row schemas are accepted:
+Two row schemas are trained on:
 
 * **Pick-a-Pic v2**: ``caption``, ``jpg_0``, ``jpg_1``, ``label_0`` (1: ``jpg_0`` preferred, 0: ``jpg_1``
   preferred, 0.5: tie);
 * **paired** (TRL style): ``prompt``, ``chosen``, ``rejected``.
 
-Column names are configurable in ``DDEConfig`` (``caption_column``, ``chosen_column``, ...).
+A third layout, **ranked** (``prompt``, a list of ``images``, their ``ranks``), is accepted and turned into
+paired rows first (``adapters.ranked_to_pairs``). Column names are configurable in ``DDEConfig``
+(``caption_column``, ``chosen_column``, ..., or all at once with ``column_map``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TIE", "PreferenceSchema", "detect_schema", "schemas_from_args"]
+__all__ = ["TIE", "PreferenceSchema", "RankedLayout", "detect_schema", "layouts_from_args", "schemas_from_args"]
 
 TIE = 0.5
 
@@ -53,6 +55,20 @@ class PreferenceSchema:
         return row[self.image_a], row[self.image_b], preference
 
 
+@dataclass(frozen=True)
+class RankedLayout:
+    """One prompt, a list of images and a list of their ranks (1 = best) per row; expanded into pairs."""
+
+    prompt: str
+    images: str
+    ranks: str
+    kind: str = "ranked"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.prompt, self.images, self.ranks
+
+
 def schemas_from_args(args) -> tuple[PreferenceSchema, PreferenceSchema]:
     """The two accepted schemas with the column names configured in ``DDEConfig``."""
     return (
@@ -61,8 +77,13 @@ def schemas_from_args(args) -> tuple[PreferenceSchema, PreferenceSchema]:
     )
 
 
-def detect_schema(column_names, schemas: tuple[PreferenceSchema, ...]) -> PreferenceSchema:
-    """The first schema whose columns are all present; otherwise a ``ValueError`` naming what is missing."""
+def layouts_from_args(args) -> tuple[PreferenceSchema, PreferenceSchema, RankedLayout]:
+    """Every accepted layout, the two trainable schemas first: what ``detect_schema`` chooses from."""
+    return (*schemas_from_args(args), RankedLayout(args.prompt_column, args.images_column, args.ranks_column))
+
+
+def detect_schema(column_names, schemas: tuple[PreferenceSchema | RankedLayout, ...]) -> PreferenceSchema | RankedLayout:
+    """The first layout whose columns are all present; otherwise a ``ValueError`` naming what is missing."""
     present = set(column_names)
     for schema in schemas:
         if set(schema.columns) <= present:
@@ -71,5 +92,7 @@ def detect_schema(column_names, schemas: tuple[PreferenceSchema, ...]) -> Prefer
     for schema in schemas:
         missing = [c for c in schema.columns if c not in present]
         lines.append(f"  - {schema.kind}: needs {list(schema.columns)}; missing {missing}")
-    lines.append("Rename columns with dataset.rename_column(...) or set the *_column options of DDEConfig.")
+    lines.append("Name your columns with column_map, e.g. --column_map '{\"prompt\": \"caption\", \"chosen\": \"image_a\", "
+                 "\"rejected\": \"image_b\"}' (roles: prompt, chosen, rejected, caption, jpg_0, jpg_1, label_0, "
+                 "images, ranks), or set the *_column options of DDEConfig.")
     raise ValueError("\n".join(lines))

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 __all__ = ["BASE_LABEL", "GenerationSettings", "ModelSpec", "PairedImages", "generate_paired", "image_seed",
-           "parse_model_spec"]
+           "model_variant", "parse_model_spec", "render"]
 
 BASE_LABEL = "base"
 MANIFEST = "generation.json"
@@ -141,8 +141,24 @@ class PairedImages:
         return images
 
 
+def render(pipeline, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings) -> list:
+    """One pipeline call: image ``i`` from ``prompts[i]`` and the CPU generator seeded ``seeds[i]``, with the shared
+    steps, guidance and resolution of ``settings``; PIL images."""
+    import torch
+
+    size = {"height": settings.resolution, "width": settings.resolution} if settings.resolution else {}
+    return pipeline(
+        prompt=list(prompts),
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        output_type="pil",
+        **size,
+    ).images
+
+
 @contextlib.contextmanager
-def _variant(family, spec: ModelSpec | None) -> Iterator:
+def model_variant(family, spec: ModelSpec | None) -> Iterator:
     """The base pipeline (``spec=None``), with a LoRA adapter loaded (removed again on exit), or with its denoiser
     (UNet) replaced by a full fine-tune."""
     pipeline = family.pipeline
@@ -179,7 +195,6 @@ def generate_paired(
         settings: images per prompt, seed, steps, guidance, resolution, batch size (shared by all models).
         device / torch_dtype: where and in which dtype the pipeline runs (default: CUDA if available, as stored).
     """
-    import torch
     from tqdm.auto import tqdm
 
     from .loading import default_device, quiet_libraries
@@ -208,22 +223,14 @@ def generate_paired(
         "models": {BASE_LABEL: {}, **{spec.label: spec.source for spec in models}},
     }
     images = PairedImages(output_dir, manifest)
-    size = {"height": settings.resolution, "width": settings.resolution} if settings.resolution else {}
     batches = [images.items[start:start + settings.batch_size] for start in range(0, len(images.items), settings.batch_size)]
     for spec in [None, *models]:
         label = BASE_LABEL if spec is None else spec.label
         images.path(label, 0, 0).parent.mkdir(parents=True, exist_ok=True)
-        with quiet_libraries(), _variant(family, spec) as variant:
+        with quiet_libraries(), model_variant(family, spec) as variant:
             for batch in tqdm(batches, desc=f"generating {label}", unit="batch", disable=not progress):
-                output = variant(
-                    prompt=[prompts[p] for p, _, _ in batch],
-                    generator=[torch.Generator("cpu").manual_seed(seed) for _, _, seed in batch],
-                    num_inference_steps=settings.num_inference_steps,
-                    guidance_scale=settings.guidance_scale,
-                    output_type="pil",
-                    **size,
-                )
-                for (p, j, _), image in zip(batch, output.images):
+                output = render(variant, [prompts[p] for p, _, _ in batch], [seed for _, _, seed in batch], settings)
+                for (p, j, _), image in zip(batch, output):
                     image.save(images.path(label, p, j))
     (Path(output_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return images
