@@ -140,7 +140,6 @@ def test_ddpm_time_sampling_options_are_refused_for_sd15(tmp_path):
                             train_dataset=tiny_preference_dataset(4))
 
 
-@pytest.mark.slow  # 16-29 s on 2 shared cores; the generic 2-process path is test_distributed's (default suite)
 def test_two_processes_train_sd3_identically_and_share_the_dde_arrays(tmp_path):
     from test_distributed import assert_ranks_identical, launch
 
