@@ -160,7 +160,7 @@ def test_families_are_found_by_pipeline_class(tmp_path, pipeline_folder):
     class Unknown(DiffusionPipeline):
         pass
 
-    with pytest.raises(ValueError, match=r"Unknown is not supported; trl-dde trains StableDiffusionPipeline \(sd\), StableDiffusion3Pipeline \(sd3\), StableDiffusionXLPipeline \(sdxl\)"):
+    with pytest.raises(ValueError, match=r"Unknown is not supported; trl-dde trains FluxPipeline \(flux\), StableDiffusionPipeline \(sd\), StableDiffusion3Pipeline \(sd3\), StableDiffusionXLPipeline \(sdxl\)"):
         family_class_for(Unknown())
     assert issubclass(StableDiffusionFamily.pipeline_class, StableDiffusionPipeline)
 

@@ -170,3 +170,12 @@ def test_cli_trains_sd3_from_the_example_yaml(tmp_path, sd3_folder):
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
     assert "sd3" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_validation_images_are_generated_with_the_trained_transformer(tmp_path):
+    args = make_args(tmp_path, resolution=32, max_steps=2, validation_prompts=["a red disc"], validation_steps=2,
+                     validation_num_inference_steps=2)
+    trainer = DDEDiffusionTrainer(tiny_sd3_pipeline(), args=args, train_dataset=tiny_preference_dataset(8), peft_config=sd3_lora())
+    trainer.train()
+    assert (tmp_path / "out" / "validation" / "step-000002" / "000_00.png").is_file()
+    assert trainer.model.training  # back to train mode after generating

@@ -27,7 +27,7 @@ class DDEConfig(TrainingArguments):
     checkpoint in `output_dir`.
 
     Everything that can be checked without loading a model is checked when the config is built: the strategy
-    exists and accepts `credit_kwargs`, `timestep_range`, `loss_type`, `beta`, the learning rate, the
+    exists and accepts `credit_kwargs`, `timestep_range`, `loss_type`, `beta`, the flow-matching time sampling, the learning rate, the
     `report_to` integrations, the precompute options. Errors name the field, the value and the fix.
 
     Parameters:

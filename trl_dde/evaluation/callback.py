@@ -1,7 +1,7 @@
 """Validation images during training: a ``TrainerCallback`` that shows what the model draws now.
 
 Every ``every_n_steps`` optimizer steps the main process generates images for fixed prompts and seeds
-with the pipeline being trained (its ``unet`` is the module the trainer updates), writes them under
+with the pipeline being trained (its ``unet`` or ``transformer`` is the module the trainer updates), writes them under
 ``output_dir/validation/step-NNNNNN/``, logs a grid to the configured trackers (TensorBoard, Weights &
 Biases) and optionally a scorer's mean. Enabled from ``DDEConfig`` (``validation_prompts`` and the other
 ``validation_*`` fields); ``ValidationCallback.from_config(args, pipeline)`` builds it, or ``None``.
@@ -112,11 +112,14 @@ class ValidationCallback(TrainerCallback):
 
     @contextlib.contextmanager
     def _generation_mode(self):
-        """Eval mode, no gradients, the encoders next to the UNet, torch RNG untouched; all undone on exit."""
-        unet = self.pipeline.unet
+        """Eval mode, no gradients, the encoders next to the denoiser (the family's UNet or transformer), torch RNG
+        untouched; all undone on exit."""
+        from ..families import family_class_for
+
+        unet = getattr(self.pipeline, family_class_for(self.pipeline).denoiser_name)
         device = unet.device
         parked = {}
-        for name in ("vae", "text_encoder", "text_encoder_2"):
+        for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             module = getattr(self.pipeline, name, None)
             if module is not None and module.device != device:
                 parked[module] = module.device
