@@ -50,8 +50,12 @@ SHAPES = ("square", "disc", "stripe")
 
 
 def tiny_tokenizer(folder: str | Path | None = None) -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer (no merges: one token per byte), saved as vocab.json + merges.txt in ``folder``."""
-    folder = Path(folder or tempfile.mkdtemp(prefix="trl-dde-tokenizer-"))
+    """A byte-level CLIP tokenizer (no merges: one token per byte), built from vocab.json + merges.txt written to
+    ``folder`` (kept) or, without one, to a temporary folder removed once the tokenizer has read them."""
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="trl-dde-tokenizer-") as scratch:
+            return tiny_tokenizer(scratch)
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     symbols = list(bytes_to_unicode().values())
     vocabulary = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
