@@ -420,3 +420,12 @@ def test_two_online_rounds_train_and_the_second_draws_from_the_first_adapter(tmp
         torch.set_num_threads(threads)
     assert np.array_equal(pixels(tuned), pixels(row["chosen"]))
     assert not np.array_equal(pixels(base), pixels(row["chosen"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"ranked_pairs": "best"}, "ranked_pairs must be one of"),
+    ({"image_root": "/no/such/mirror"}, "image_root='/no/such/mirror' is not a folder"),
+])
+def test_adapter_options_are_checked_in_the_config(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,6 +322,13 @@ class DDEConfig(TrainingArguments):
         return [lo, hi]
 
     def _check_data_options(self) -> None:
+        from .data.adapters import RANKED_PAIRS
+
+        if self.ranked_pairs not in RANKED_PAIRS:
+            raise ValueError(f"DDEConfig.ranked_pairs must be one of {RANKED_PAIRS}, got {self.ranked_pairs!r}.")
+        if self.image_root is not None and not os.path.isdir(self.image_root):
+            raise ValueError(f"DDEConfig.image_root={self.image_root!r} is not a folder: give the local folder that "
+                             "relative image paths and mirrored URLs are read from.")
         if self.remove_unused_columns:
             raise ValueError("DDEConfig.remove_unused_columns=True would drop the image columns; it must stay False.")
         if self.precompute_latents and self.random_crop:

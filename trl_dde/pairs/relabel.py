@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datasets import Dataset, Features, Image, Value
+from datasets import Dataset, Features, Image, IterableDataset, Value
 
 from ..data.images import load_image
 from ..data.prepare import prepare_preference_dataset
@@ -62,6 +62,9 @@ def relabel_dataset(dataset, reward, args, margin: float | None = None, batch_si
     (none by default); ties are read, not dropped, whatever ``args.drop_ties`` says."""
     from tqdm.auto import tqdm
 
+    if isinstance(dataset, IterableDataset):
+        raise ValueError("relabel_dataset reads a map-style dataset (it reports counts over all pairs); load the data "
+                         "without streaming=True.")
     if margin is not None and margin < 0:
         raise ValueError(f"margin must be >= 0 (a score difference), got {margin}.")
     reward = load_reward(reward)

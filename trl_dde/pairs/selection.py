@@ -11,6 +11,8 @@ Every returned pair is ``(chosen, rejected, tie)`` with ``score[chosen] >= score
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 __all__ = ["SELECTIONS", "select_pairs"]
@@ -18,8 +20,10 @@ __all__ = ["SELECTIONS", "select_pairs"]
 SELECTIONS = ("best_worst", "margin", "random")
 
 
-def select_pairs(scores, selection: str = "best_worst", margin: float = 0.0, seed: int = 0) -> list[tuple[int, int, bool]]:
-    """Pairs of image indices ``(chosen, rejected, tie)`` from one prompt's ``scores`` (a sequence of K floats)."""
+def select_pairs(scores, selection: str = "best_worst", margin: float = 0.0,
+                 seed: int | Sequence[int] = 0) -> list[tuple[int, int, bool]]:
+    """Pairs of image indices ``(chosen, rejected, tie)`` from one prompt's ``scores`` (a sequence of K floats);
+    ``seed`` (an int or a sequence of ints, e.g. ``[seed, prompt_index]``) drives the ``random`` shuffle."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
     if margin < 0:
