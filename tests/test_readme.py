@@ -131,15 +131,17 @@ def _tiny_pickapic(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Workspace:
-    from trl_dde.tiny import tiny_sd15_pipeline
+    from trl_dde.tiny import tiny_sd3_pipeline, tiny_sd15_pipeline
 
     root = tmp_path_factory.mktemp("readme")
     offline, folder, bin_folder = root / "offline", root / "work", root / "bin"
     folder.mkdir()
     bin_folder.mkdir()
     tiny_sd15_pipeline(seed=0).save_pretrained(offline / "stable-diffusion-v1-5")
+    tiny_sd3_pipeline().save_pretrained(offline / "stable-diffusion-3-medium")
     _tiny_pickapic(offline / "pickapic_v2")
     stand_ins = {"stable-diffusion-v1-5/stable-diffusion-v1-5": str(offline / "stable-diffusion-v1-5"),
+                 "stabilityai/stable-diffusion-3-medium-diffusers": str(offline / "stable-diffusion-3-medium"),
                  "yuvalkirstain/pickapic_v2": str(offline / "pickapic_v2")}
     shutil.copytree(REPO / "examples", folder / "examples")
     for config in (folder / "examples").rglob("*.yaml"):
