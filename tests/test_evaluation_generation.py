@@ -127,3 +127,23 @@ def test_bad_eval_requests_fail_before_anything_is_loaded(tmp_path, capsys):
     assert parse_model_spec("runs/dde-lora/", "adapter") == ModelSpec("dde-lora", adapter="runs/dde-lora/")
     with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         GenerationSettings(guidance_scale=-1)
+
+
+def test_a_flow_matching_full_fine_tune_is_compared_from_its_transformer_folder(tmp_path):
+    """SD3/Flux full fine-tunes are saved as ``transformer/``: ``--unet RUN`` takes that folder like ``unet/``."""
+    from trl_dde.evaluation.generation import generate_paired
+    from trl_dde.tiny import tiny_sd3_pipeline
+
+    tuned = tiny_sd3_pipeline(seed=0).transformer
+    with torch.no_grad():
+        tuned.proj_out.bias.add_(0.5)
+    tuned.save_pretrained(tmp_path / "full" / "transformer")
+    spec = parse_model_spec(f"full={tmp_path / 'full'}", "unet")
+    spec.check()
+    paired = generate_paired(tiny_sd3_pipeline(seed=0), [spec], ["a red square"], tmp_path / "eval",
+                             GenerationSettings(num_images_per_prompt=1, num_inference_steps=2, resolution=32),
+                             device="cpu", progress=False)
+    base, full = (pixels(paired.path(label, 0, 0)) for label in ("base", "full"))
+    assert base.shape == full.shape == (32, 32, 3) and not np.array_equal(base, full)
+    with pytest.raises(FileNotFoundError, match="transformer/"):
+        parse_model_spec(f"empty={tmp_path / 'eval'}", "unet").check()

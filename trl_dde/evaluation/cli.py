@@ -43,7 +43,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--adapter", nargs="+", default=[], metavar="[LABEL=]LOCATION",
                         help="tuned LoRA adapter(s): a trl-dde output folder or Hub id; several are compared side by side")
     models.add_argument("--unet", nargs="+", default=[], metavar="[LABEL=]LOCATION",
-                        help="tuned full UNet(s): a full fine-tune's output folder (with unet/), a UNet folder or Hub id")
+                        help="tuned full denoiser(s): a full fine-tune's output folder (with unet/, or transformer/ for "
+                             "SD3/Flux), a denoiser folder or Hub id")
     models.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     models.add_argument("--torch_dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="dtype the pipeline is loaded in (default: as stored)")

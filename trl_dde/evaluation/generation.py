@@ -66,10 +66,10 @@ class ModelSpec:
                 name.endswith(".safetensors") for name in os.listdir(location)):
             raise FileNotFoundError(f"Model {self.label!r}: {location} holds no LoRA weights (*.safetensors, e.g. "
                                     "pytorch_lora_weights.safetensors written by trainer.save_model()).")
-        if self.unet is not None and not (os.path.isfile(os.path.join(location, "config.json"))
-                                          or os.path.isfile(os.path.join(location, "unet", "config.json"))):
-            raise FileNotFoundError(f"Model {self.label!r}: {location} is not a UNet folder (config.json) nor a folder "
-                                    "with unet/ (a full fine-tune's output).")
+        if self.unet is not None and not any(os.path.isfile(os.path.join(location, *sub, "config.json"))
+                                             for sub in ((), ("unet",), ("transformer",))):
+            raise FileNotFoundError(f"Model {self.label!r}: {location} is not a denoiser folder (config.json) nor a "
+                                    "full fine-tune's output (with unet/ or, for SD3/Flux, transformer/).")
 
 
 def parse_model_spec(text: str, kind: str) -> ModelSpec:
