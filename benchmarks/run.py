@@ -30,7 +30,6 @@ from peft import LoraConfig
 from transformers import CLIPTextConfig, CLIPTextModel, TrainerCallback
 
 from trl_dde import DDEConfig, DDEDiffusionTrainer
-from trl_dde.reference import adapters_disabled
 from trl_dde.tiny import _scheduler, tiny_preference_dataset, tiny_sd15_pipeline, tiny_tokenizer
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -119,7 +118,7 @@ def floor_time(trainer: DDEDiffusionTrainer, repeats: int) -> float:
             family.predict(model, latents, timesteps, batch.conditioning).square().mean().backward()
             with torch.no_grad():
                 if trainer.ref_model is None:
-                    with adapters_disabled(model):
+                    with trainer._adapters_off():
                         family.predict(model, latents, timesteps, batch.conditioning)
                 else:
                     family.predict(trainer.ref_model, latents, timesteps, batch.conditioning)
