@@ -33,7 +33,7 @@ import random
 import datasets
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Array3D, Dataset, Features, List, Value
 
 from ..families import ModelFamily
 from .collate import PreferenceCollator
@@ -42,7 +42,7 @@ from .prepare import AUGMENTATION_SEED
 
 __all__ = ["CachedPairCollator", "PrecomputedData", "precompute_preference_dataset"]
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"  # 3: posteriors stored as fixed-shape Array3D columns (read 2-3x faster than nested lists)
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +107,31 @@ def precompute_preference_dataset(
         batched=True, batch_size=batch_size, new_fingerprint=prompt_key, desc="Encoding prompts",
     )
     prompt_index = {prompt: i for i, prompt in enumerate(prompts["prompt"])}
+    features = _pair_features(family, collator.resolution, flip, vae_mode, numpy_dtype)
     cached = [
         _cached_map(
             split, lambda batch: _encode_pair_batch(batch, collator, family, prompt_index, flip, vae_mode, numpy_dtype),
             os.path.join(cache_dir, f"pairs-{key}.arrow"),
-            batched=True, batch_size=batch_size, remove_columns=split.column_names, new_fingerprint=key, desc="Encoding images",
+            batched=True, batch_size=batch_size, remove_columns=split.column_names, new_fingerprint=key, features=features,
+            desc="Encoding images",
         )
         for split, key in zip(splits, keys)
     ]
     return PrecomputedData([pairs.with_format("torch") for pairs in cached],
                            prompts.remove_columns("prompt").with_format("torch"), vae_mode=vae_mode, has_flip=flip)
+
+
+def _pair_features(family: ModelFamily, resolution: int, flip: bool, vae_mode: str, numpy_dtype) -> Features:
+    """The cached pair columns with fixed shapes: posteriors as ``Array3D`` (read as one buffer per row, not as
+    nested lists), crop information as 6 floats."""
+    channels = family.vae.config.latent_channels * (1 if vae_mode == "mean" else 2)  # "sample" keeps mean and logvar
+    side = resolution // family.pipeline.vae_scale_factor
+    columns = {"prompt_index": Value("int64"), "preference": Value("float64")}
+    for suffix in ["", "_flip"] if flip else [""]:
+        for side_name in ("w", "l"):
+            columns[f"posterior_{side_name}{suffix}"] = Array3D((channels, side, side), str(numpy_dtype))
+            columns[f"crop_info_{side_name}{suffix}"] = List(Value("float32"), length=6)
+    return Features(columns)
 
 
 @torch.no_grad()
