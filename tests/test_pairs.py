@@ -140,6 +140,10 @@ def test_weighted_rewards_choose_by_their_sum(tmp_path, pipeline):
     (["--reward", "pairs_reward:nothing"], "has no attribute 'nothing'"),
     (["--reward", "pairs_reward:brightness", "--images_per_prompt", "1"], "at least 2"),
     (["--reward", "pairs_reward:brightness", "--reward_weights", "1", "2"], "one weight per reward"),
+    (["--reward", "pairs_reward:brightness", "--margin", "-1"], "margin must be >= 0"),
+    (["--reward", "pairs_reward:brightness", "--prompts_per_shard", "0"], "--prompts_per_shard must be at least 1"),
+    (["--reward", "no_such_reward_module:f"], r"No module named 'no_such_reward_module' \(from the reward"),
+    (["--reward", "pairs_reward:brightness"], "model_index.json"),  # the missing model folder itself
 ])
 def test_bad_pairs_options_fail_before_loading(tmp_path, prompts_file, monkeypatch, extra, message):
     from trl_dde.cli import main
@@ -225,10 +229,14 @@ def test_a_crashed_run_resumes_without_redoing_finished_shards(tmp_path, pipelin
     assert_same_rows(rows_of(tmp_path / "run"), rows_of(tmp_path / "reference"))
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path, pipeline_folder):
+def test_resuming_with_other_settings_is_refused(tmp_path, pipeline_folder, prompts_file):
     generate_in_process(pipeline_folder, tmp_path / "o")
     with pytest.raises(ValueError, match=r"other settings \(differing: \['settings'\]\)"):
         generate_in_process(pipeline_folder, tmp_path / "o", seed=1)
+    from trl_dde.cli import main
+
+    with pytest.raises(SystemExit, match=r"^trl-dde pairs: .* other settings"):  # the command says it in one line
+        main(pairs_args(pipeline_folder, prompts_file, tmp_path / "o", "--seed", "1"))
 
 
 # ---------------------------------------------------------------- relabel
@@ -316,6 +324,8 @@ def test_ranked_pairs_modes():
     assert sorted(pairs("all")) == sorted([("b", "c"), ("b", "d"), ("b", "a"), ("c", "a"), ("d", "a")])  # c, d tie
     with pytest.raises(ValueError, match="one rank per image"):
         ranked_to_pairs({"p": ["x"], "im": [["a"]], "r": [[1, 2]]}, "p", "im", "r", "all")
+    for mode in ("adjacent", "all", "best_worst"):  # a row without images (or with one) gives no pair
+        assert ranked_to_pairs({"p": ["x", "y"], "im": [[], ["a"]], "r": [[], [1]]}, "p", "im", "r", mode)["chosen"] == []
 
 
 def test_image_references_resolve_in_the_local_mirror():
@@ -429,3 +439,9 @@ def test_two_online_rounds_train_and_the_second_draws_from_the_first_adapter(tmp
 def test_adapter_options_are_checked_in_the_config(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **overrides)
+
+
+def test_relabel_refuses_a_zero_batch_size():
+    args = DDEConfig(output_dir="unused", report_to="none")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        relabel_dataset(tiny_preference_dataset(num_pairs=2, seed=0), brightness, args, batch_size=0)

@@ -49,7 +49,9 @@ def run_pairs(options: argparse.Namespace):
     from ..evaluation.generation import GenerationSettings
     from ..evaluation.prompts import load_prompts
     from ..evaluation.rewards import load_reward
+    from ..families.registry import family_class_for
     from .generate import generate_pairs, process_rank
+    from .selection import check_selection
 
     if options.reward_weights is not None and len(options.reward_weights) != len(options.reward):
         sys.exit(f"trl-dde pairs: {len(options.reward)} --reward but {len(options.reward_weights)} --reward_weights; "
@@ -61,16 +63,23 @@ def run_pairs(options: argparse.Namespace):
                                       batch_size=options.batch_size)
         if options.images_per_prompt < 2:
             raise ValueError(f"--images_per_prompt must be at least 2 to form a pair, got {options.images_per_prompt}.")
+        if options.prompts_per_shard < 1:
+            raise ValueError(f"--prompts_per_shard must be at least 1, got {options.prompts_per_shard}.")
+        check_selection(options.selection, options.margin)
         rewards = [load_reward(spec) for spec in options.reward]
         prompts = load_prompts(options.prompts, column=options.prompt_column, split=options.prompt_split,
                                max_prompts=options.max_prompts)
-    except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:
+        family_class_for(options.model)  # reads model_index.json only: a wrong --model fails before any weight loads
+    except (ValueError, OSError, ImportError, AttributeError, TypeError) as error:  # FileNotFoundError is an OSError
         sys.exit(f"trl-dde pairs: {error}")
     dtype = getattr(torch, options.torch_dtype) if options.torch_dtype else None
-    dataset = generate_pairs(options.model, prompts, rewards, options.output_dir, reward_weights=options.reward_weights,
-                             settings=settings, selection=options.selection, margin=options.margin,
-                             prompts_per_shard=options.prompts_per_shard, adapter=options.adapter,
-                             device=options.device, torch_dtype=dtype)
+    try:
+        dataset = generate_pairs(options.model, prompts, rewards, options.output_dir,
+                                 reward_weights=options.reward_weights, settings=settings, selection=options.selection,
+                                 margin=options.margin, prompts_per_shard=options.prompts_per_shard,
+                                 adapter=options.adapter, device=options.device, torch_dtype=dtype)
+    except ValueError as error:  # e.g. resuming into an output folder generated with other settings
+        sys.exit(f"trl-dde pairs: {error}")
     rank, world_size = process_rank()
     if dataset is None:
         print(f"rank {rank}/{world_size}: shards written; the last process to finish writes the dataset card.")

@@ -19,7 +19,7 @@ from typing import Sequence
 from ..evaluation.generation import GenerationSettings, ModelSpec, image_seed, model_variant, render
 from ..evaluation.rewards import combine_rewards, load_reward
 from .card import dataset_statistics, write_dataset_card
-from .selection import SELECTIONS, select_pairs
+from .selection import check_selection, select_pairs
 from .writer import PairShards, png_bytes
 
 __all__ = ["generate_pairs", "process_rank"]
@@ -83,8 +83,7 @@ def generate_pairs(
         raise ValueError("generate_pairs needs at least one prompt.")
     if settings.num_images_per_prompt < 2:
         raise ValueError(f"images_per_prompt must be at least 2 to form a pair, got {settings.num_images_per_prompt}.")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
+    check_selection(selection, margin)
     spec = ModelSpec("policy", adapter=adapter) if adapter is not None else None
     if spec is not None:
         spec.check()

@@ -67,6 +67,8 @@ def relabel_dataset(dataset, reward, args, margin: float | None = None, batch_si
                          "without streaming=True.")
     if margin is not None and margin < 0:
         raise ValueError(f"margin must be >= 0 (a score difference), got {margin}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (pairs scored at once), got {batch_size}.")
     reward = load_reward(reward)
     keep_ties = args.drop_ties
     args.drop_ties = False
