@@ -116,7 +116,9 @@ def test_generated_pairs_respect_the_margin_and_train_directly(tmp_path, pipelin
     assert card["rewards"][0]["name"] == "brightness" and card["rewards"][0]["weight"] == 1.0
     assert card["settings"]["num_images_per_prompt"] == 3 and card["settings"]["seed"] == 0
     assert card["statistics"]["pairs"] == len(dataset) and card["statistics"]["images"] == 15
-    assert "| `brightness` | 1 |" in (output / "README.md").read_text()
+    readme = (output / "README.md").read_text()
+    assert "| `brightness` | 1 |" in readme and "| batch size | 6 |" in readme  # data.md: the card records it
+    assert f"| pairs | {len(dataset)} |" in readme
     trainer = DDEDiffusionTrainer(pipeline_folder, args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=2),
                                   train_dataset=dataset, peft_config=lora_config())
     trainer.train()
