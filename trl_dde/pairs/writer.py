@@ -58,9 +58,11 @@ class PairShards:
         self.num_shards = -(-num_prompts // prompts_per_shard)
 
     def prompt_range(self, shard: int) -> range:
+        """The prompt indices of shard ``shard`` (the last shard may hold fewer)."""
         return range(shard * self.prompts_per_shard, min(self.num_prompts, (shard + 1) * self.prompts_per_shard))
 
     def path(self, shard: int) -> Path:
+        """Where shard ``shard`` lives once complete."""
         return self.output_dir / "data" / f"train-{shard:05d}-of-{self.num_shards:05d}.parquet"
 
     def missing(self, rank: int = 0, world_size: int = 1) -> list[int]:
