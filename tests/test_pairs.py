@@ -156,6 +156,21 @@ def test_bad_pairs_options_fail_before_loading(tmp_path, prompts_file, monkeypat
               "--output_dir", str(tmp_path / "o")])
 
 
+def test_a_resolution_the_family_cannot_encode_fails_before_loading(tmp_path, prompts_file, monkeypatch):
+    import trl_dde.families
+    from trl_dde.cli import main
+    from trl_dde.tiny import tiny_sd3_pipeline
+
+    tiny_sd3_pipeline().save_pretrained(tmp_path / "sd3")
+    vae_config = tmp_path / "sd3" / "vae" / "config.json"  # the real SD3 VAE's 4 blocks (factor 8; 16 with patches):
+    config = json.loads(vae_config.read_text())            # only the config is read, no weight is loaded
+    vae_config.write_text(json.dumps({**config, "block_out_channels": [8, 8, 8, 8]}))
+    monkeypatch.setattr(trl_dde.families, "load_pipeline", None)  # loading the weights would fail with a TypeError
+    monkeypatch.chdir(TESTS)
+    with pytest.raises(SystemExit, match=r"^trl-dde pairs: resolution=24 is not a multiple of 16 .* Use 16 or 32"):
+        main(pairs_args(str(tmp_path / "sd3"), prompts_file, tmp_path / "o", "--resolution", "24"))
+
+
 def generate_in_process(pipeline_folder, output_dir, reward=brightness, seed=0):
     """The same run as `pairs_args` describes, in this process, on one thread (as the subprocesses run)."""
     import torch

@@ -77,6 +77,8 @@ def generate_pairs(
 
     from ..evaluation.loading import quiet_libraries
     from ..families import load_pipeline
+    from ..families.registry import family_class_for
+    from ..preflight import check_resolution
 
     prompts = list(prompts)
     if not prompts:
@@ -92,6 +94,7 @@ def generate_pairs(
     reward = combine_rewards(rewards, weights)
     rank, world_size = process_rank()
     shards = PairShards(output_dir, len(prompts), prompts_per_shard)
+    check_resolution(settings.resolution, family_class_for(model), model)  # config files only, before the weights
     with quiet_libraries():
         family = load_pipeline(model, torch_dtype=torch_dtype)
         family.pipeline.to(_device(device))
