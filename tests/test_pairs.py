@@ -462,3 +462,18 @@ def test_relabel_refuses_a_zero_batch_size():
     args = DDEConfig(output_dir="unused", report_to="none")
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         relabel_dataset(tiny_preference_dataset(num_pairs=2, seed=0), brightness, args, batch_size=0)
+
+
+@pytest.mark.parametrize("overrides, use_peft, message", [
+    ({}, False, "add --use_peft"),
+    ({"online_reward": []}, True, "needs --online_reward"),
+    ({"online_reward_weights": [1.0, 2.0]}, True, "one weight per reward"),
+    ({"online_images_per_prompt": 1}, True, "at least 2"),
+    ({"online_margin": -0.5}, True, "online_margin must be >= 0"),
+])
+def test_online_options_are_refused_before_anything_loads(overrides, use_peft, message):
+    from trl_dde.pairs import OnlineArguments
+
+    online = OnlineArguments(**{"online_rounds": 2, "online_reward": ["pairs_reward:brightness"], **overrides})
+    with pytest.raises(ValueError, match=message):
+        online.check(use_peft)

@@ -55,6 +55,8 @@ class OnlineArguments:
                              "--online_reward_weights; give one weight per reward.")
         if self.online_images_per_prompt < 2:
             raise ValueError(f"online_images_per_prompt must be at least 2, got {self.online_images_per_prompt}.")
+        if self.online_margin < 0:
+            raise ValueError(f"online_margin must be >= 0 (a score difference), got {self.online_margin}.")
 
 
 def _barrier() -> None:
