@@ -47,6 +47,11 @@ def test_conditioning_and_packed_call_are_the_pipelines(tmp_path, guidance):
                                     img_ids=image_ids, return_dict=False)[0]
         velocity = family.predict(pipe.transformer, x_t, torch.tensor([700.0]), conditioning)
     torch.testing.assert_close(velocity, FluxPipeline._unpack_latents(expected, 32, 32, pipe.vae_scale_factor))
+    # the model time is σ·num_train_timesteps of the scheduler (FlowMatchingProcess.model_timesteps), not σ·1000
+    pipe.scheduler.register_to_config(num_train_timesteps=500)
+    with torch.no_grad():
+        velocity = family.predict(pipe.transformer, x_t, torch.tensor([350.0]), conditioning)
+    torch.testing.assert_close(velocity, FluxPipeline._unpack_latents(expected, 32, 32, pipe.vae_scale_factor))
 
 
 @pytest.mark.parametrize("credit", STRATEGIES)

@@ -116,7 +116,9 @@ def test_generated_pairs_respect_the_margin_and_train_directly(tmp_path, pipelin
     assert card["rewards"][0]["name"] == "brightness" and card["rewards"][0]["weight"] == 1.0
     assert card["settings"]["num_images_per_prompt"] == 3 and card["settings"]["seed"] == 0
     assert card["statistics"]["pairs"] == len(dataset) and card["statistics"]["images"] == 15
-    assert "| `brightness` | 1 |" in (output / "README.md").read_text()
+    readme = (output / "README.md").read_text()
+    assert "| `brightness` | 1 |" in readme and "| batch size | 6 |" in readme  # data.md: the card records it
+    assert f"| pairs | {len(dataset)} |" in readme
     trainer = DDEDiffusionTrainer(pipeline_folder, args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=2),
                                   train_dataset=dataset, peft_config=lora_config())
     trainer.train()
@@ -140,6 +142,10 @@ def test_weighted_rewards_choose_by_their_sum(tmp_path, pipeline):
     (["--reward", "pairs_reward:nothing"], "has no attribute 'nothing'"),
     (["--reward", "pairs_reward:brightness", "--images_per_prompt", "1"], "at least 2"),
     (["--reward", "pairs_reward:brightness", "--reward_weights", "1", "2"], "one weight per reward"),
+    (["--reward", "pairs_reward:brightness", "--margin", "-1"], "margin must be >= 0"),
+    (["--reward", "pairs_reward:brightness", "--prompts_per_shard", "0"], "--prompts_per_shard must be at least 1"),
+    (["--reward", "no_such_reward_module:f"], r"No module named 'no_such_reward_module' \(from the reward"),
+    (["--reward", "pairs_reward:brightness"], "model_index.json"),  # the missing model folder itself
 ])
 def test_bad_pairs_options_fail_before_loading(tmp_path, prompts_file, monkeypatch, extra, message):
     from trl_dde.cli import main
@@ -148,6 +154,21 @@ def test_bad_pairs_options_fail_before_loading(tmp_path, prompts_file, monkeypat
     with pytest.raises(SystemExit, match=message):  # the model folder does not exist: nothing was loaded
         main(["pairs", "--model", str(tmp_path / "no-model"), "--prompts", str(prompts_file), *extra,
               "--output_dir", str(tmp_path / "o")])
+
+
+def test_a_resolution_the_family_cannot_encode_fails_before_loading(tmp_path, prompts_file, monkeypatch):
+    import trl_dde.families
+    from trl_dde.cli import main
+    from trl_dde.tiny import tiny_sd3_pipeline
+
+    tiny_sd3_pipeline().save_pretrained(tmp_path / "sd3")
+    vae_config = tmp_path / "sd3" / "vae" / "config.json"  # the real SD3 VAE's 4 blocks (factor 8; 16 with patches):
+    config = json.loads(vae_config.read_text())            # only the config is read, no weight is loaded
+    vae_config.write_text(json.dumps({**config, "block_out_channels": [8, 8, 8, 8]}))
+    monkeypatch.setattr(trl_dde.families, "load_pipeline", None)  # loading the weights would fail with a TypeError
+    monkeypatch.chdir(TESTS)
+    with pytest.raises(SystemExit, match=r"^trl-dde pairs: resolution=24 is not a multiple of 16 .* Use 16 or 32"):
+        main(pairs_args(str(tmp_path / "sd3"), prompts_file, tmp_path / "o", "--resolution", "24"))
 
 
 def generate_in_process(pipeline_folder, output_dir, reward=brightness, seed=0):
@@ -225,10 +246,14 @@ def test_a_crashed_run_resumes_without_redoing_finished_shards(tmp_path, pipelin
     assert_same_rows(rows_of(tmp_path / "run"), rows_of(tmp_path / "reference"))
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path, pipeline_folder):
+def test_resuming_with_other_settings_is_refused(tmp_path, pipeline_folder, prompts_file):
     generate_in_process(pipeline_folder, tmp_path / "o")
     with pytest.raises(ValueError, match=r"other settings \(differing: \['settings'\]\)"):
         generate_in_process(pipeline_folder, tmp_path / "o", seed=1)
+    from trl_dde.cli import main
+
+    with pytest.raises(SystemExit, match=r"^trl-dde pairs: .* other settings"):  # the command says it in one line
+        main(pairs_args(pipeline_folder, prompts_file, tmp_path / "o", "--seed", "1"))
 
 
 # ---------------------------------------------------------------- relabel
@@ -316,6 +341,8 @@ def test_ranked_pairs_modes():
     assert sorted(pairs("all")) == sorted([("b", "c"), ("b", "d"), ("b", "a"), ("c", "a"), ("d", "a")])  # c, d tie
     with pytest.raises(ValueError, match="one rank per image"):
         ranked_to_pairs({"p": ["x"], "im": [["a"]], "r": [[1, 2]]}, "p", "im", "r", "all")
+    for mode in ("adjacent", "all", "best_worst"):  # a row without images (or with one) gives no pair
+        assert ranked_to_pairs({"p": ["x", "y"], "im": [[], ["a"]], "r": [[], [1]]}, "p", "im", "r", mode)["chosen"] == []
 
 
 def test_image_references_resolve_in_the_local_mirror():
@@ -429,3 +456,24 @@ def test_two_online_rounds_train_and_the_second_draws_from_the_first_adapter(tmp
 def test_adapter_options_are_checked_in_the_config(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **overrides)
+
+
+def test_relabel_refuses_a_zero_batch_size():
+    args = DDEConfig(output_dir="unused", report_to="none")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        relabel_dataset(tiny_preference_dataset(num_pairs=2, seed=0), brightness, args, batch_size=0)
+
+
+@pytest.mark.parametrize("overrides, use_peft, message", [
+    ({}, False, "add --use_peft"),
+    ({"online_reward": []}, True, "needs --online_reward"),
+    ({"online_reward_weights": [1.0, 2.0]}, True, "one weight per reward"),
+    ({"online_images_per_prompt": 1}, True, "at least 2"),
+    ({"online_margin": -0.5}, True, "online_margin must be >= 0"),
+])
+def test_online_options_are_refused_before_anything_loads(overrides, use_peft, message):
+    from trl_dde.pairs import OnlineArguments
+
+    online = OnlineArguments(**{"online_rounds": 2, "online_reward": ["pairs_reward:brightness"], **overrides})
+    with pytest.raises(ValueError, match=message):
+        online.check(use_peft)

@@ -89,7 +89,7 @@ def ranked_to_pairs(batch: dict, prompt: str, images: str, ranks: str, mode: str
                              f"in {ranks!r}; give one rank per image.")
         order = sorted(range(len(row_images)), key=lambda i: row_ranks[i])
         if mode == "best_worst":
-            pairs = [(order[0], order[-1])]
+            pairs = [(order[0], order[-1])] if order else []  # a row without images gives no pair
         elif mode == "all":
             pairs = list(combinations(order, 2))
         else:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["image_grid", "markdown_table", "write_csv", "write_json"]
+__all__ = ["image_grid", "key_value_table", "markdown_table", "write_csv", "write_json"]
 
 
 def _cell(value: Any) -> str:
@@ -36,6 +36,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
     lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "|".join(rules[a] for a in align) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def key_value_table(values: dict[str, Any]) -> str:
+    """Two aligned plain-text columns for a terminal: each key (``_`` shown as a space) and its value, floats
+    with 4 significant digits."""
+    names = {key: str(key).replace("_", " ") for key in values}
+    width = max(len(name) for name in names.values())
+    return "\n".join(f"{names[key]:<{width}}  {_cell(value)}" for key, value in values.items())
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -110,6 +110,12 @@ def _import_object(spec: str) -> Any:
             sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name.split(".")[0] and error.name != module_name:
+                raise  # the reward's module exists but one of its own imports is missing: report that as is
+            raise ModuleNotFoundError(f"No module named {module_name!r} (from the reward {spec!r}): run from the folder "
+                                      f"holding {module_name.replace('.', '/')}.py, put it on PYTHONPATH, or pass "
+                                      f"'path/to/file.py:{attribute}'.", name=error.name) from None
         finally:
             if added:
                 sys.path.remove(os.getcwd())

@@ -67,8 +67,9 @@ class FluxFamily(ModelFamily):
         return {**kwargs, "guidance": conditioning.get("guidance")}  # None for models without guidance embedding
 
     def predict(self, denoiser, x_t, timesteps, conditioning):
-        """Pack ``x_t`` ``[B, C, H, W]`` into ``[B, HW/4, 4C]``, call the transformer with ``σ = timesteps/1000``, the
-        position ids and the guidance, and unpack its velocity back to ``[B, C, H, W]``."""
+        """Pack ``x_t`` ``[B, C, H, W]`` into ``[B, HW/4, 4C]``, call the transformer with ``σ`` (the model time
+        ``timesteps`` over the scheduler's ``num_train_timesteps``), the position ids and the guidance, and unpack its
+        velocity back to ``[B, C, H, W]``."""
         batch, channels, height, width = x_t.shape
         scale = self.pipeline.vae_scale_factor
         extra = {
@@ -78,5 +79,5 @@ class FluxFamily(ModelFamily):
         if self.denoiser.config.guidance_embeds:
             extra["guidance"] = x_t.new_full((batch,), self.guidance_scale)
         packed = FluxPipeline._pack_latents(x_t, batch, channels, height, width)
-        velocity = super().predict(denoiser, packed, timesteps / 1000, {**conditioning, **extra})
+        velocity = super().predict(denoiser, packed, timesteps / self.pipeline.scheduler.config.num_train_timesteps, {**conditioning, **extra})
         return FluxPipeline._unpack_latents(velocity, height * scale, width * scale, scale)

@@ -11,7 +11,7 @@ _EXPORTS = {
     "generate_pairs": "generate", "process_rank": "generate",
     "OnlineArguments": "online", "run_online_rounds": "online",
     "RelabelReport": "relabel", "relabel_dataset": "relabel",
-    "SELECTIONS": "selection", "select_pairs": "selection",
+    "SELECTIONS": "selection", "check_selection": "selection", "select_pairs": "selection",
     "PAIR_FEATURES": "writer", "PairShards": "writer", "is_generated_dataset": "writer", "load_generated_pairs": "writer",
 }
 __all__ = sorted(_EXPORTS)

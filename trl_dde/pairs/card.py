@@ -35,12 +35,22 @@ def dataset_statistics(dataset, num_prompts: int, images_per_prompt: int, image_
 
 def write_dataset_card(output_dir: str | Path, config: dict, statistics: dict) -> None:
     """Write ``README.md`` and ``pairs.json`` describing the dataset in ``output_dir``."""
+    from ..evaluation.reports import markdown_table
+    from .writer import atomic_write_text
+
     output_dir = Path(output_dir)
     record = {**config, "statistics": statistics}
-    (output_dir / "pairs.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    rewards = "\n".join(f"| `{r['name']}` | {r['weight']:g} | {r['description']} |" for r in config["rewards"])
+    atomic_write_text(output_dir / "pairs.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    rewards = markdown_table(["reward", "weight", "description"],
+                             [(f"`{r['name']}`", f"{r['weight']:g}", r["description"]) for r in config["rewards"]],
+                             align="lll")
     sampler = config["settings"]
-    counts = "\n".join(f"| {key.replace('_', ' ')} | {_format(value)} |" for key, value in statistics.items())
+    sampler_table = markdown_table(["setting", "value"], [
+        ("images per prompt", sampler["num_images_per_prompt"]), ("inference steps", sampler["num_inference_steps"]),
+        ("guidance scale", f"{sampler['guidance_scale']:g}"), ("resolution", sampler["resolution"] or "pipeline default"),
+        ("batch size", sampler["batch_size"]), ("seed", sampler["seed"])], align="ll")
+    counts = markdown_table(["count", "value"], [(key.replace("_", " "), "n/a" if value is None else value)
+                                                 for key, value in statistics.items()], align="ll")
     text = f"""---
 configs:
 - config_name: default
@@ -67,28 +77,14 @@ are in the rows.
 
 ## Rewards
 
-| reward | weight | description |
-|---|---|---|
 {rewards}
 
 ## Sampler
 
-| setting | value |
-|---|---|
-| images per prompt | {sampler['num_images_per_prompt']} |
-| inference steps | {sampler['num_inference_steps']} |
-| guidance scale | {sampler['guidance_scale']:g} |
-| resolution | {sampler['resolution'] or 'pipeline default'} |
-| seed | {sampler['seed']} |
+{sampler_table}
 
 ## Counts
 
-| count | value |
-|---|---|
 {counts}
 """
-    (output_dir / "README.md").write_text(text, encoding="utf-8")
-
-
-def _format(value) -> str:
-    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    atomic_write_text(output_dir / "README.md", text)

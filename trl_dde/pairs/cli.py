@@ -15,6 +15,7 @@ __all__ = ["add_data_arguments", "add_pairs_arguments", "run_data", "run_pairs"]
 
 
 def add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``trl-dde pairs`` (docs/data.md)."""
     parser.add_argument("--model", required=True, help="base pipeline: Hub id or folder (any family trl-dde trains)")
     parser.add_argument("--adapter", default=None, help="LoRA folder loaded on the pipeline (e.g. a trained policy)")
     parser.add_argument("--prompts", required=True,
@@ -44,12 +45,17 @@ def add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pairs(options: argparse.Namespace):
+    """``trl-dde pairs``: check the options, generate, and print the dataset's counts."""
     import torch
+
+    from ..evaluation.reports import key_value_table
 
     from ..evaluation.generation import GenerationSettings
     from ..evaluation.prompts import load_prompts
     from ..evaluation.rewards import load_reward
+    from ..families.registry import family_class_for
     from .generate import generate_pairs, process_rank
+    from .selection import check_selection
 
     if options.reward_weights is not None and len(options.reward_weights) != len(options.reward):
         sys.exit(f"trl-dde pairs: {len(options.reward)} --reward but {len(options.reward_weights)} --reward_weights; "
@@ -61,27 +67,35 @@ def run_pairs(options: argparse.Namespace):
                                       batch_size=options.batch_size)
         if options.images_per_prompt < 2:
             raise ValueError(f"--images_per_prompt must be at least 2 to form a pair, got {options.images_per_prompt}.")
+        if options.prompts_per_shard < 1:
+            raise ValueError(f"--prompts_per_shard must be at least 1, got {options.prompts_per_shard}.")
+        check_selection(options.selection, options.margin)
         rewards = [load_reward(spec) for spec in options.reward]
         prompts = load_prompts(options.prompts, column=options.prompt_column, split=options.prompt_split,
                                max_prompts=options.max_prompts)
-    except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:
+        family_class_for(options.model)  # reads model_index.json only: a wrong --model fails before any weight loads
+    except (ValueError, OSError, ImportError, AttributeError, TypeError) as error:  # FileNotFoundError is an OSError
         sys.exit(f"trl-dde pairs: {error}")
     dtype = getattr(torch, options.torch_dtype) if options.torch_dtype else None
-    dataset = generate_pairs(options.model, prompts, rewards, options.output_dir, reward_weights=options.reward_weights,
-                             settings=settings, selection=options.selection, margin=options.margin,
-                             prompts_per_shard=options.prompts_per_shard, adapter=options.adapter,
-                             device=options.device, torch_dtype=dtype)
+    try:
+        dataset = generate_pairs(options.model, prompts, rewards, options.output_dir,
+                                 reward_weights=options.reward_weights, settings=settings, selection=options.selection,
+                                 margin=options.margin, prompts_per_shard=options.prompts_per_shard,
+                                 adapter=options.adapter, device=options.device, torch_dtype=dtype)
+    except ValueError as error:  # e.g. resuming into an output folder generated with other settings
+        sys.exit(f"trl-dde pairs: {error}")
     rank, world_size = process_rank()
     if dataset is None:
         print(f"rank {rank}/{world_size}: shards written; the last process to finish writes the dataset card.")
     else:
         statistics = json.loads((Path(options.output_dir) / "pairs.json").read_text(encoding="utf-8"))["statistics"]
-        print(_table(statistics))
+        print(key_value_table(statistics))
         print(f"Wrote {len(dataset)} pairs to {options.output_dir} (train with --dataset_name {options.output_dir}).")
     return dataset
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``inspect`` and ``relabel`` actions of ``trl-dde data`` and their options."""
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     inspect = actions.add_parser("inspect", help="schema, row counts, ties, undecodable images, example pairs")
     relabel = actions.add_parser("relabel", help="swap or keep each pair by a reward; agreement with the human labels")
@@ -100,6 +114,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_args(options):
+    """A ``DDEConfig`` carrying the data-layout options (column map, image root, ranked pairs) of the command."""
     from ..config import DDEConfig
 
     return DDEConfig(report_to="none", column_map=options.column_map, image_root=options.image_root,
@@ -107,6 +122,7 @@ def _data_args(options):
 
 
 def run_data(options: argparse.Namespace):
+    """``trl-dde data inspect | relabel``: a bad dataset, column map or reward is one line on stderr, exit 1."""
     from ..cli import load_preference_split
 
     try:
@@ -128,6 +144,7 @@ def run_data(options: argparse.Namespace):
 
 def _inspect(dataset, args, options) -> dict:
     """Print what training would see: layout, counts, ties, unusable rows and a few pairs; returns the counts."""
+    from ..evaluation.reports import key_value_table
     from ..data.images import load_image
     from ..data.prepare import prepare_preference_dataset
     from ..data.schema import detect_schema, layouts_from_args
@@ -138,7 +155,7 @@ def _inspect(dataset, args, options) -> dict:
     counts = {"layout": layout.kind, "columns": ", ".join(layout.columns), "rows": len(dataset),
               "pairs": usable + prepared.ties_dropped + prepared.corrupt_dropped, "ties": prepared.ties_dropped,
               "undecodable or invalid": prepared.corrupt_dropped, "usable pairs": usable}
-    print(_table(counts))
+    print(key_value_table(counts))
     for index in range(min(options.num_examples, usable)):
         row = prepared.dataset[index]
         winner, loser, preference = schema.orient(row)
@@ -146,9 +163,3 @@ def _inspect(dataset, args, options) -> dict:
         print(f"  example {index}: {row[schema.prompt]!r}: preferred vs other {sizes}"
               f"{' (tie)' if preference != 1 else ''}")
     return counts
-
-
-def _table(values: dict) -> str:
-    width = max(len(str(key)) for key in values)
-    return "\n".join(f"{str(key).replace('_', ' '):<{width}}  {value:.4g}" if isinstance(value, float)
-                     else f"{str(key).replace('_', ' '):<{width}}  {value}" for key, value in values.items())

@@ -19,7 +19,7 @@ from typing import Sequence
 from ..evaluation.generation import GenerationSettings, ModelSpec, image_seed, model_variant, render
 from ..evaluation.rewards import combine_rewards, load_reward
 from .card import dataset_statistics, write_dataset_card
-from .selection import SELECTIONS, select_pairs
+from .selection import check_selection, select_pairs
 from .writer import PairShards, png_bytes
 
 __all__ = ["generate_pairs", "process_rank"]
@@ -77,14 +77,15 @@ def generate_pairs(
 
     from ..evaluation.loading import quiet_libraries
     from ..families import load_pipeline
+    from ..families.registry import family_class_for
+    from ..preflight import check_resolution
 
     prompts = list(prompts)
     if not prompts:
         raise ValueError("generate_pairs needs at least one prompt.")
     if settings.num_images_per_prompt < 2:
         raise ValueError(f"images_per_prompt must be at least 2 to form a pair, got {settings.num_images_per_prompt}.")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
+    check_selection(selection, margin)
     spec = ModelSpec("policy", adapter=adapter) if adapter is not None else None
     if spec is not None:
         spec.check()
@@ -93,6 +94,7 @@ def generate_pairs(
     reward = combine_rewards(rewards, weights)
     rank, world_size = process_rank()
     shards = PairShards(output_dir, len(prompts), prompts_per_shard)
+    check_resolution(settings.resolution, family_class_for(model), model)  # config files only, before the weights
     with quiet_libraries():
         family = load_pipeline(model, torch_dtype=torch_dtype)
         family.pipeline.to(_device(device))

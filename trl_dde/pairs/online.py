@@ -11,7 +11,6 @@ number of pairs and the training loss. Round ``r`` draws image seeds from ``seed
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -56,6 +55,8 @@ class OnlineArguments:
                              "--online_reward_weights; give one weight per reward.")
         if self.online_images_per_prompt < 2:
             raise ValueError(f"online_images_per_prompt must be at least 2, got {self.online_images_per_prompt}.")
+        if self.online_margin < 0:
+            raise ValueError(f"online_margin must be >= 0 (a score difference), got {self.online_margin}.")
 
 
 def _barrier() -> None:
@@ -69,6 +70,7 @@ def run_online_rounds(model: str, args, online: OnlineArguments, peft_config, pr
     """Run the rounds; returns one record per round (also written to ``args.output_dir/rounds.json``)."""
     from ..evaluation.generation import GenerationSettings
     from ..evaluation.prompts import load_prompts
+    from ..evaluation.reports import write_json
     from ..evaluation.rewards import load_reward
     from ..trainer import DDEDiffusionTrainer
     from .generate import generate_pairs
@@ -104,17 +106,15 @@ def run_online_rounds(model: str, args, online: OnlineArguments, peft_config, pr
         adapter = round_args.output_dir
         _barrier()  # the adapter is saved before any process generates with it
     if args.should_save:
-        with open(os.path.join(args.output_dir, "rounds.json"), "w", encoding="utf-8") as handle:
-            json.dump(records, handle, indent=2)
-            handle.write("\n")
+        write_json(os.path.join(args.output_dir, "rounds.json"), records)
         print(_rounds_table(records))
     return records
 
 
 def _rounds_table(records: list[dict]) -> str:
-    lines = ["| round | generated with | pairs | mean reward of its images | train loss |", "|---|---|---|---|---|"]
-    for record in records:
-        loss = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
-        lines.append(f"| {record['round']} | {record['generated_with']} | {record['pairs']} | "
-                     f"{record['mean_reward']:.4g} | {loss} |")
-    return "\n".join(lines)
+    """The per-round Markdown table printed at the end."""
+    from ..evaluation.reports import markdown_table
+
+    rows = [(r["round"], r["generated_with"], r["pairs"], r["mean_reward"],
+             "n/a" if r["train_loss"] is None else f"{r['train_loss']:.4f}") for r in records]
+    return markdown_table(["round", "generated with", "pairs", "mean reward of its images", "train loss"], rows)

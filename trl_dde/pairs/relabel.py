@@ -47,12 +47,14 @@ class RelabelReport:
         return self.agree / decided if decided else None
 
     def table(self) -> str:
+        """The counts and the agreement, one per line, for the terminal."""
+        from ..evaluation.reports import key_value_table
+
         agreement = "n/a" if self.agreement is None else f"{100 * self.agreement:.1f}%"
-        rows = [("pairs read", self.pairs), ("reward agrees (kept)", self.agree), ("reward disagrees (swapped)", self.disagree),
-                ("human ties decided by the reward", self.ties_decided), ("dropped below the margin", self.dropped),
-                ("pairs written", self.written), ("agreement with the human labels", agreement)]
-        width = max(len(name) for name, _ in rows)
-        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+        return key_value_table({
+            "pairs read": self.pairs, "reward agrees (kept)": self.agree, "reward disagrees (swapped)": self.disagree,
+            "human ties decided by the reward": self.ties_decided, "dropped below the margin": self.dropped,
+            "pairs written": self.written, "agreement with the human labels": agreement})
 
 
 def relabel_dataset(dataset, reward, args, margin: float | None = None, batch_size: int = 16,
@@ -67,6 +69,8 @@ def relabel_dataset(dataset, reward, args, margin: float | None = None, batch_si
                          "without streaming=True.")
     if margin is not None and margin < 0:
         raise ValueError(f"margin must be >= 0 (a score difference), got {margin}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (pairs scored at once), got {batch_size}.")
     reward = load_reward(reward)
     keep_ties = args.drop_ties
     args.drop_ties = False

@@ -15,19 +15,24 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["SELECTIONS", "select_pairs"]
+__all__ = ["SELECTIONS", "check_selection", "select_pairs"]
 
 SELECTIONS = ("best_worst", "margin", "random")
+
+
+def check_selection(selection: str, margin: float) -> None:
+    """Refuse an unknown ``selection`` or a negative ``margin`` (checked before any image is generated)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0 (a score difference), got {margin}.")
 
 
 def select_pairs(scores, selection: str = "best_worst", margin: float = 0.0,
                  seed: int | Sequence[int] = 0) -> list[tuple[int, int, bool]]:
     """Pairs of image indices ``(chosen, rejected, tie)`` from one prompt's ``scores`` (a sequence of K floats);
     ``seed`` (an int or a sequence of ints, e.g. ``[seed, prompt_index]``) drives the ``random`` shuffle."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0 (a score difference), got {margin}.")
+    check_selection(selection, margin)
     scores = [float(s) for s in scores]
     if len(scores) < 2:
         raise ValueError(f"A pair needs at least 2 images per prompt, got {len(scores)}; raise images_per_prompt.")

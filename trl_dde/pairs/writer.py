@@ -39,7 +39,9 @@ def png_bytes(image) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader (or a killed writer) never sees
+    half a file."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
@@ -56,9 +58,11 @@ class PairShards:
         self.num_shards = -(-num_prompts // prompts_per_shard)
 
     def prompt_range(self, shard: int) -> range:
+        """The prompt indices of shard ``shard`` (the last shard may hold fewer)."""
         return range(shard * self.prompts_per_shard, min(self.num_prompts, (shard + 1) * self.prompts_per_shard))
 
     def path(self, shard: int) -> Path:
+        """Where shard ``shard`` lives once complete."""
         return self.output_dir / "data" / f"train-{shard:05d}-of-{self.num_shards:05d}.parquet"
 
     def missing(self, rank: int = 0, world_size: int = 1) -> list[int]:
@@ -76,7 +80,7 @@ class PairShards:
                 raise ValueError(f"{self.output_dir} holds pairs generated with other settings (differing: {changed}). "
                                  "Resume with the same options, or choose a new --output_dir.")
             return
-        _atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
     def clear_temporary(self, shards: list[int]) -> None:
         """Remove what killed runs left half-written for ``shards`` (this process's own, so no other writes them)."""
