@@ -477,3 +477,11 @@ def test_online_options_are_refused_before_anything_loads(overrides, use_peft, m
     online = OnlineArguments(**{"online_rounds": 2, "online_reward": ["pairs_reward:brightness"], **overrides})
     with pytest.raises(ValueError, match=message):
         online.check(use_peft)
+
+
+def test_data_commands_name_a_missing_dataset_in_one_line(tmp_path):
+    from trl_dde.cli import main
+
+    for action in (["inspect"], ["relabel", "--reward", "pairs_reward:brightness", "--output_dir", str(tmp_path / "o")]):
+        with pytest.raises(SystemExit, match=r"^trl-dde data \w+: DATASET='.*nothing-here': no such file or folder"):
+            main(["data", action[0], str(tmp_path / "nothing-here"), *action[1:]])

@@ -82,12 +82,12 @@ def _saved_split(saved, folder: str, split: str, option: str):
 
 
 def load_preference_split(name: str, config: str | None, split: str, streaming: bool = False,
-                          option: str = "dataset_split"):
+                          option: str = "dataset_split", name_option: str = "dataset_name"):
     """One split of a preference dataset, from wherever ``--dataset_name`` points, optionally streamed.
 
     ``name`` is a folder written by ``trl-dde pairs``, a ``save_to_disk`` folder, a local data file (its format follows its extension, as in
     ``datasets``), a local folder of data files, or a Hub id. A split that does not exist is a ``ValueError``
-    naming ``option`` and listing the splits that do.
+    naming ``option`` and listing the splits that do; a local path that does not exist names ``name_option``.
     """
     from datasets import load_dataset, load_from_disk
 
@@ -106,7 +106,7 @@ def load_preference_split(name: str, config: str | None, split: str, streaming: 
         folder, file = os.path.split(os.path.abspath(name))
         source = {"path": folder, "data_files": file}
     elif _looks_like_local_path(name) and not os.path.exists(name):  # fail here, not after a Hub round-trip
-        raise FileNotFoundError(f"dataset_name={name!r}: no such file or folder (a Hub id looks like 'owner/name').")
+        raise FileNotFoundError(f"{name_option}={name!r}: no such file or folder (a Hub id looks like 'owner/name').")
     else:  # a local folder of data files, or a Hub id
         source = {"path": name, "name": config}
     try:

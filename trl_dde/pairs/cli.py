@@ -127,7 +127,8 @@ def run_data(options: argparse.Namespace):
 
     try:
         args = _data_args(options)
-        dataset = load_preference_split(options.dataset, options.dataset_config, options.split, option="--split")
+        dataset = load_preference_split(options.dataset, options.dataset_config, options.split, option="--split",
+                                        name_option="DATASET")
         if options.data_command == "inspect":
             return _inspect(dataset, args, options)
         from .relabel import relabel_dataset
