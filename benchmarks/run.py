@@ -1,0 +1,306 @@
+"""Training-step benchmark: step time, pairs/s, peak memory and the floor ratio across configurations.
+
+    python benchmarks/run.py --sizes tiny,small [--resolution 128] [--tunings lora,full]
+        [--strategies uniform,dde] [--precompute on,off] [--out DIR]
+
+Each group (size × tuning × precomputed latents on/off) runs in its own subprocess, so its peak memory
+(host RSS; CUDA max allocated on a GPU) is its own. Inside a group, every strategy trains the same model
+on the same synthetic pairs with the same seed, and the *floor* — the work a DPO step cannot avoid: the
+policy forward + backward and the reference forward on the 2B latents of one batch, nothing else — is
+timed in the same process, so ``step/floor`` and the dde/uniform ratio are side-by-side figures that
+machine noise hits alike. Step times are medians after the warm-up steps. Random weights: only the cost
+is meaningful. Writes ``benchmarks.md`` and ``benchmarks.json`` to ``--out`` and prints the table.
+
+Sizes: ``tiny`` (the test pipeline), ``small`` (SD1.5's layout at reduced width) and ``sd15`` (the real
+SD1.5 UNet, VAE and CLIP ViT-L/14 text-encoder configurations, random weights, written here — no download;
+the text encoder's vocabulary is the byte-level test tokenizer's, which changes no compute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # time this checkout's trl_dde, not an installed copy
+import trl_dde  # noqa: F401  first: its import filters third-party log noise
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, TrainerCallback
+
+#: Axes of the issue this script does not sweep, and why (printed with every report).
+NOT_SWEPT = {
+    "bf16 / fp16 mixed precision": "no GPU was lent; CPU autocast to bf16 is emulated and says nothing about GPU cost",
+    "torch.compile": "no GPU was lent; on this 2-core CPU a compile costs minutes per configuration",
+    "attention backend (SDPA vs others)": "diffusers uses SDPA by default; the CPU has no flash/memory-efficient kernels to compare",
+    "channels-last": "a GPU tensor-core layout; not measured without a GPU",
+    "8-bit AdamW / Adafactor": "pass --optim adamw_bnb_8bit or --optim adafactor to time them; the memory section uses 8-bit AdamW",
+}
+
+
+def _sd15_text_encoder(tokenizer, hidden: int, layers: int, heads: int, intermediate: int) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id, hidden_size=hidden,
+                                        intermediate_size=intermediate, num_attention_heads=heads,
+                                        num_hidden_layers=layers, vocab_size=len(tokenizer), max_position_embeddings=77))
+
+
+def _pipeline(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer) -> StableDiffusionPipeline:
+    from trl_dde.tiny import _scheduler
+
+    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=_scheduler("epsilon"), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def small_pipeline() -> StableDiffusionPipeline:
+    """SD1.5's layout at reduced width: 4-level UNet (64–256) with 3 cross-attention levels, 4-level VAE (×8), 6-layer CLIP."""
+    from trl_dde.tiny import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    unet = UNet2DConditionModel(block_out_channels=(64, 128, 256, 256), layers_per_block=2, sample_size=16,
+                                cross_attention_dim=384, attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=[64, 128, 256, 256], layers_per_block=2, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    return _pipeline(unet, vae, _sd15_text_encoder(tokenizer, 384, 6, 6, 1536), tokenizer)
+
+
+def sd15_pipeline() -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's architecture with random weights: the UNet (860M parameters, 320–1280 channels,
+    8 heads, 768-wide cross-attention), the VAE (128–512 channels, ×8) and CLIP ViT-L/14's text encoder."""
+    from trl_dde.tiny import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    return _pipeline(unet, vae, _sd15_text_encoder(tokenizer, 768, 12, 12, 3072), tokenizer)
+
+
+def _tiny():
+    from trl_dde.tiny import tiny_sd15_pipeline
+
+    return tiny_sd15_pipeline()
+
+
+#: size → (pipeline builder, default resolution on this CPU)
+SIZES = {"tiny": (_tiny, 32), "small": (small_pipeline, 128), "sd15": (sd15_pipeline, 256)}
+
+
+@dataclass
+class Group:
+    """One subprocess: a model size, tuning, data path and the strategies timed side by side."""
+
+    size: str
+    resolution: int
+    tuning: str  # "lora" or "full"
+    precompute: bool
+    strategies: list[str]
+    batch_size: int
+    steps: int
+    warmup: int
+    gradient_checkpointing: bool
+    optim: str
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (synchronised on CUDA so the time is the device's)."""
+
+    def __init__(self):
+        self.times, self._start = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _synchronize()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _synchronize()
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build_trainer(group: Group, strategy: str, data_folder: str, cache_dir: str, timer: StepTimer | None = None):
+    """A DDEDiffusionTrainer for the group's configuration (LoRA r=8 on the attention projections, or full)."""
+    from datasets import load_from_disk
+    from peft import LoraConfig
+
+    from trl_dde import DDEConfig, DDEDiffusionTrainer
+
+    args = DDEConfig(output_dir=tempfile.mkdtemp(), max_steps=group.warmup + group.steps,
+                     per_device_train_batch_size=group.batch_size, save_strategy="no", report_to="none",
+                     disable_tqdm=True, logging_steps=group.warmup + group.steps, credit=strategy,
+                     resolution=group.resolution, precompute_latents=group.precompute, precompute_cache_dir=cache_dir,
+                     gradient_checkpointing=group.gradient_checkpointing, optim=group.optim,
+                     use_cpu=not torch.cuda.is_available(), seed=0)
+    lora = LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    return DDEDiffusionTrainer(SIZES[group.size][0](), args=args, train_dataset=load_from_disk(data_folder),
+                               peft_config=lora if group.tuning == "lora" else None,
+                               callbacks=[timer] if timer is not None else None)
+
+
+def floor_times(trainer, repeats: int) -> list[float]:
+    """Time the bare DPO work on one batch: policy forward + backward and reference forward on the 2B latents."""
+    from trl_dde.reference import adapters_disabled
+
+    model, family, process = trainer.model_wrapped, trainer.family, trainer.process
+    model.train()
+    batch = trainer.batches(trainer._prepare_inputs(next(iter(trainer.get_train_dataloader()))), None)
+    x0 = torch.cat([batch.x0_w, batch.x0_l])
+    timesteps = torch.randint(0, process.num_timesteps, (batch.size,), device=x0.device).repeat(2)
+    x_t = process.add_noise(x0, torch.randn_like(x0), timesteps)
+    model_time = process.model_timesteps(timesteps)
+    times = []
+    for _ in range(repeats):
+        _synchronize()
+        start = time.perf_counter()
+        with trainer.compute_loss_context_manager():
+            trainer.accelerator.backward(family.predict(model, x_t, model_time, batch.conditioning).square().mean())
+            with torch.no_grad():
+                if trainer.ref_model is None:
+                    with adapters_disabled(model):
+                        family.predict(model, x_t, model_time, batch.conditioning)
+                else:
+                    family.predict(trainer.ref_model, x_t, model_time, batch.conditioning)
+        _synchronize()
+        times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return times
+
+
+def peak_memory_mib() -> dict:
+    """Process peak RSS (MiB) and, on a GPU, the CUDA max allocated."""
+    memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        memory["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return memory
+
+
+def run_group(group: Group) -> dict:
+    """Train each strategy for warm-up + steps steps, then time the floor as many times; all in this process."""
+    from trl_dde.tiny import tiny_preference_dataset
+
+    work = tempfile.mkdtemp(prefix="trl-dde-bench-")
+    pairs = group.batch_size * (group.warmup + group.steps)
+    tiny_preference_dataset(pairs, image_size=group.resolution, seed=0).save_to_disk(f"{work}/data")
+    result = {"group": asdict(group), "strategies": {}}
+    trainer = None
+    for strategy in group.strategies:
+        timer = StepTimer()
+        trainer = build_trainer(group, strategy, f"{work}/data", f"{work}/cache", timer)
+        trainer.train()
+        step = statistics.median(timer.times[group.warmup:])
+        result["strategies"][strategy] = {"median_step_s": step, "pairs_per_s": group.batch_size / step,
+                                          "steps_timed": len(timer.times[group.warmup:])}
+        if strategy != group.strategies[-1]:
+            del trainer
+            gc.collect()
+    floor = floor_times(trainer, group.warmup + group.steps)[group.warmup:]
+    result["floor_s"] = statistics.median(floor)
+    for timing in result["strategies"].values():
+        timing["step_over_floor"] = timing["median_step_s"] / result["floor_s"]
+    if {"uniform", "dde"} <= set(result["strategies"]):
+        result["dde_over_uniform"] = result["strategies"]["dde"]["median_step_s"] / result["strategies"]["uniform"]["median_step_s"]
+    result.update(peak_memory_mib())
+    return result
+
+
+def machine() -> dict:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def markdown(report: dict) -> str:
+    """The report as one Markdown table (one row per strategy), the machine and the axes not swept."""
+    lines = [f"Machine: {report['machine']['device']}, torch {report['machine']['torch']}, {report['machine']['date']}.", "",
+             "| size | px | tuning | latents | ckpt | optim | strategy | median step | pairs/s | floor | step/floor | dde/uniform | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for result in report["results"]:
+        group = result["group"]
+        for strategy, timing in result["strategies"].items():
+            ratio = f"{result['dde_over_uniform']:.3f}" if "dde_over_uniform" in result else "–"
+            memory = f"{result['peak_rss_mib'] / 1024:.2f} GiB"
+            if "cuda_max_allocated_mib" in result:
+                memory += f" (CUDA {result['cuda_max_allocated_mib'] / 1024:.2f} GiB)"
+            lines.append(f"| {group['size']} | {group['resolution']} | {group['tuning']} | "
+                         f"{'cached' if group['precompute'] else 'encoded'} | {'on' if group['gradient_checkpointing'] else 'off'} | "
+                         f"{group['optim']} | {strategy} | {timing['median_step_s'] * 1000:.1f} ms | {timing['pairs_per_s']:.2f} | "
+                         f"{result['floor_s'] * 1000:.1f} ms | {timing['step_over_floor']:.3f} | {ratio} | {memory} |")
+    lines += ["", f"Batch {report['results'][0]['group']['batch_size']} pairs; median of "
+              f"{report['results'][0]['group']['steps']} steps after {report['results'][0]['group']['warmup']} warm-up steps. "
+              "Floor: policy forward + backward and reference forward on the 2B latents of one batch, timed in the same process.",
+              "", "Not swept here:"]
+    lines += [f"- {axis}: {why}" for axis, why in report["not_swept"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,small", help=f"comma-separated, from {sorted(SIZES)}")
+    parser.add_argument("--resolution", type=int, default=None, help="image size in px (default: per size, small for a CPU)")
+    parser.add_argument("--tunings", default="lora,full", help="comma-separated: lora, full")
+    parser.add_argument("--strategies", default="uniform,dde", help="credit strategies timed side by side")
+    parser.add_argument("--precompute", default="on,off", help="precomputed latents: on, off or both")
+    parser.add_argument("--batch_size", type=int, default=2, help="pairs per step")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per strategy (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--optim", default="adamw_torch", help="any transformers optim, e.g. adamw_bnb_8bit, adafactor")
+    parser.add_argument("--out", default="benchmark-results")
+    parser.add_argument("--group", help=argparse.SUPPRESS)  # internal: run one group (JSON) and print its result
+    options = parser.parse_args()
+    if options.group:
+        print(json.dumps(run_group(Group(**json.loads(options.group)))))
+        return
+    unknown = [size for size in _csv(options.sizes) if size not in SIZES]
+    wrong = [p for p in _csv(options.precompute) if p not in ("on", "off")] + [t for t in _csv(options.tunings) if t not in ("lora", "full")]
+    if unknown or wrong:
+        parser.error(f"unknown --sizes {unknown} (choose from {sorted(SIZES)}) or --tunings/--precompute values {wrong} "
+                     "(tunings: lora, full; precompute: on, off)")
+    groups = [Group(size, options.resolution or SIZES[size][1], tuning, precompute == "on", _csv(options.strategies),
+                    options.batch_size, options.steps, options.warmup, options.gradient_checkpointing, options.optim)
+              for size in _csv(options.sizes) for tuning in _csv(options.tunings) for precompute in _csv(options.precompute)]
+    results = []
+    for number, group in enumerate(groups, 1):
+        print(f"[{number}/{len(groups)}] {group.size} {group.resolution} px {group.tuning} "
+              f"{'cached' if group.precompute else 'encoded'} latents ...", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, __file__, "--group", json.dumps(asdict(group))],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"benchmark group {asdict(group)} failed:\n{done.stderr[-4000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    report = {"machine": machine(), "results": results, "not_swept": NOT_SWEPT}
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (out / "benchmarks.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
