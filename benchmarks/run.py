@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import resource
 import statistics
@@ -195,8 +196,38 @@ def peak_memory_mib() -> dict:
     return memory
 
 
+def current_rss_mib() -> float:
+    """The process's resident set size now (Linux ``/proc``), to split the peak into set-up and step."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _mib(tensors) -> float:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 2**20
+
+
+def memory_breakdown(trainer, baseline_mib: float, built_mib: float) -> dict:
+    """Where the first strategy's peak host memory went: weights (every pipeline module still held, plus the
+    reference copy), gradients (trainable parameters' size) and optimizer state (its real tensors) computed
+    from the tensors; baseline (interpreter + libraries), after set-up and peak RSS measured; the step's
+    activations and temporaries are the rest: peak − after set-up − gradients − optimizer state."""
+    modules = [m for m in trainer.family.pipeline.components.values() if isinstance(m, torch.nn.Module)]
+    if trainer.ref_model is not None:
+        modules.append(trainer.ref_model)
+    parameters = {id(p): p for module in modules for p in module.parameters()}
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    state = [v for entry in trainer.optimizer.state.values() for v in entry.values() if torch.is_tensor(v)]
+    breakdown = {"weights_mib": _mib(parameters.values()), "gradients_mib": _mib(trainable),
+                 "optimizer_state_mib": _mib(state), "trainable_parameters": sum(p.numel() for p in trainable),
+                 "baseline_rss_mib": baseline_mib, "after_setup_rss_mib": built_mib,
+                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    breakdown["activations_and_temporaries_mib"] = (breakdown["peak_rss_mib"] - built_mib - breakdown["gradients_mib"]
+                                                    - breakdown["optimizer_state_mib"])
+    return breakdown
+
+
 def run_group(group: Group) -> dict:
-    """Train each strategy for warm-up + steps steps, then time the floor as many times; all in this process."""
+    """Train each strategy for warm-up + steps steps, then time the floor as many times; all in this process.
+    The memory breakdown is the first strategy's (later ones reuse memory the first freed)."""
     from trl_dde.tiny import tiny_preference_dataset
 
     work = tempfile.mkdtemp(prefix="trl-dde-bench-")
@@ -206,8 +237,12 @@ def run_group(group: Group) -> dict:
     trainer = None
     for strategy in group.strategies:
         timer = StepTimer()
+        baseline = current_rss_mib()
         trainer = build_trainer(group, strategy, f"{work}/data", f"{work}/cache", timer)
+        built = current_rss_mib()
         trainer.train()
+        if "memory" not in result:
+            result["memory"] = memory_breakdown(trainer, baseline, built)
         step = statistics.median(timer.times[group.warmup:])
         result["strategies"][strategy] = {"median_step_s": step, "pairs_per_s": group.batch_size / step,
                                           "steps_timed": len(timer.times[group.warmup:])}
@@ -227,7 +262,7 @@ def run_group(group: Group) -> dict:
 def machine() -> dict:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     return {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "trl_dde": str(Path(trl_dde.__file__).parent)}
 
 
 def markdown(report: dict) -> str:
@@ -246,6 +281,15 @@ def markdown(report: dict) -> str:
                          f"{'cached' if group['precompute'] else 'encoded'} | {'on' if group['gradient_checkpointing'] else 'off'} | "
                          f"{group['optim']} | {strategy} | {timing['median_step_s'] * 1000:.1f} ms | {timing['pairs_per_s']:.2f} | "
                          f"{result['floor_s'] * 1000:.1f} ms | {timing['step_over_floor']:.3f} | {ratio} | {memory} |")
+    lines += ["", "| size | px | tuning | latents | ckpt | optim | weights | gradients | optimizer state | RSS: baseline | after set-up | peak | activations + temporaries |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for result in report["results"]:
+        group, memory = result["group"], result["memory"]
+        lines.append(f"| {group['size']} | {group['resolution']} | {group['tuning']} | {'cached' if group['precompute'] else 'encoded'} | "
+                     f"{'on' if group['gradient_checkpointing'] else 'off'} | {group['optim']} | "
+                     + " | ".join(f"{memory[key] / 1024:.2f} GiB" for key in (
+                         "weights_mib", "gradients_mib", "optimizer_state_mib", "baseline_rss_mib", "after_setup_rss_mib",
+                         "peak_rss_mib", "activations_and_temporaries_mib")) + " |")
     lines += ["", f"Batch {report['results'][0]['group']['batch_size']} pairs; median of "
               f"{report['results'][0]['group']['steps']} steps after {report['results'][0]['group']['warmup']} warm-up steps. "
               "Floor: policy forward + backward and reference forward on the 2B latents of one batch, timed in the same process.",
