@@ -161,8 +161,6 @@ def build_trainer(group: Group, strategy: str, data_folder: str, cache_dir: str,
 
 def floor_times(trainer, repeats: int) -> list[float]:
     """Time the bare DPO work on one batch: policy forward + backward and reference forward on the 2B latents."""
-    from trl_dde.reference import adapters_disabled
-
     model, family, process = trainer.model_wrapped, trainer.family, trainer.process
     model.train()
     batch = trainer.batches(trainer._prepare_inputs(next(iter(trainer.get_train_dataloader()))), None)
@@ -178,7 +176,7 @@ def floor_times(trainer, repeats: int) -> list[float]:
             trainer.accelerator.backward(family.predict(model, x_t, model_time, batch.conditioning).square().mean())
             with torch.no_grad():
                 if trainer.ref_model is None:
-                    with adapters_disabled(model):
+                    with trainer.reference_adapters.disabled():
                         family.predict(model, x_t, model_time, batch.conditioning)
                 else:
                     family.predict(trainer.ref_model, x_t, model_time, batch.conditioning)

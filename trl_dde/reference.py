@@ -1,6 +1,8 @@
 """The reference model the implicit reward margin is measured against.
 
-* LoRA: the policy itself with its adapters disabled (no second copy in memory).
+* LoRA: the policy itself with its adapters disabled (no second copy in memory). The adapter layers are
+  found once at set-up (``AdapterSwitch``) and switched off around each reference forward: walking the
+  whole denoiser's modules each step, as ``model.disable_adapters()`` does, cost 3–4× more per switch.
 * Full fine-tuning: a frozen copy of the denoiser taken before training, or the user's ``ref_model``,
   kept in the policy's parameter dtype, called under the same autocast and switched to the policy's
   train/eval mode before each call, so that with an unchanged policy every margin is exactly 0 (the mode
@@ -20,18 +22,29 @@ import torch
 
 from .families import ModelFamily, cast_module, unwrap_model
 
-__all__ = ["adapters_disabled", "build_reference", "prepare_reference"]
+__all__ = ["AdapterSwitch", "build_reference", "prepare_reference"]
 
 
-@contextlib.contextmanager
-def adapters_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Run the base model (the LoRA reference) by disabling the adapters, re-enabling them on exit."""
-    model = unwrap_model(model)
-    model.disable_adapters()
-    try:
-        yield model
-    finally:
-        model.enable_adapters()
+class AdapterSwitch:
+    """The LoRA reference: the policy's adapter layers, found once, switched off for the reference forward."""
+
+    def __init__(self, model: torch.nn.Module):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.layers = [module for module in unwrap_model(model).modules() if isinstance(module, BaseTunerLayer)]
+        if not self.layers:
+            raise ValueError("AdapterSwitch needs a denoiser with LoRA adapters; this one has none.")
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model (the LoRA reference) inside: adapters off, back on at exit (also on errors)."""
+        for layer in self.layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.enable_adapters(True)
 
 
 def build_reference(family: ModelFamily, ref_model: torch.nn.Module | str | os.PathLike | None,
