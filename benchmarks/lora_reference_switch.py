@@ -5,7 +5,7 @@
 *Before*: each step walks every module of the denoiser to disable the adapters and again to re-enable them
 (``model.disable_adapters()`` / ``enable_adapters()``). *After*: ``AdapterSwitch``, the adapter layers found
 once at set-up. Runs of the two alternate (before, after, before, ...) on the same LoRA, data and seed;
-prints the median step time of each and their ratio.
+prints the median step time of each and their ratio, and the median cost of one switch (off and on again).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import statistics
 import tempfile
+import time
 
 from run import SIZES, Group, StepTimer, build_trainer
 
@@ -34,6 +35,17 @@ class WholeModelWalk:
             yield
         finally:
             self.model.enable_adapters()
+
+
+def switch_time(switch, repeats: int = 50) -> float:
+    """Median seconds to switch the adapters off and on again."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with switch.disabled():
+            pass
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -57,8 +69,10 @@ def main() -> None:
                 trainer.train()
                 times[variant] += timer.times[group.warmup:]
         before, after = statistics.median(times["before"]), statistics.median(times["after"])
+        switch_before, switch_after = switch_time(WholeModelWalk(trainer.model)), switch_time(trainer.reference_adapters)
         print(f"{size} ({group.resolution} px, LoRA, cached latents, batch {group.batch_size}): before {before * 1000:.1f} ms, "
-              f"after {after * 1000:.1f} ms, before/after {before / after:.3f} ({len(times['before'])} steps each)", flush=True)
+              f"after {after * 1000:.1f} ms, before/after {before / after:.3f} ({len(times['before'])} steps each); "
+              f"one switch: before {switch_before * 1000:.2f} ms, after {switch_after * 1000:.2f} ms", flush=True)
 
 
 if __name__ == "__main__":
