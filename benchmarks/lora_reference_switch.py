@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     options = parser.parse_args()
     for size in options.sizes.split(","):
-        group = Group(size, SIZES[size][1], "lora", True, ["dde"], 2, options.steps, 2, False, "adamw_torch")
+        group = Group(size, SIZES[size][1], "lora", True, ["dde"], 2, options.steps, 2, False, "adamw_torch", 1)
         work = tempfile.mkdtemp()
         tiny_preference_dataset(group.batch_size * (group.steps + group.warmup), image_size=group.resolution,
                                 seed=0).save_to_disk(f"{work}/data")

@@ -118,6 +118,7 @@ class Group:
     warmup: int
     gradient_checkpointing: bool
     optim: str
+    rounds: int
 
 
 class StepTimer(TrainerCallback):
@@ -224,30 +225,32 @@ def memory_breakdown(trainer, baseline_mib: float, built_mib: float) -> dict:
 
 
 def run_group(group: Group) -> dict:
-    """Train each strategy for warm-up + steps steps, then time the floor as many times; all in this process.
+    """Each round, train each strategy for warm-up + steps steps, then time the floor as many times; all in this process.
     The memory breakdown is the first strategy's (later ones reuse memory the first freed)."""
     from trl_dde.tiny import tiny_preference_dataset
 
     work = tempfile.mkdtemp(prefix="trl-dde-bench-")
     pairs = group.batch_size * (group.warmup + group.steps)
     tiny_preference_dataset(pairs, image_size=group.resolution, seed=0).save_to_disk(f"{work}/data")
-    result = {"group": asdict(group), "strategies": {}}
-    trainer = None
-    for strategy in group.strategies:
-        timer = StepTimer()
-        baseline = current_rss_mib()
-        trainer = build_trainer(group, strategy, f"{work}/data", f"{work}/cache", timer)
-        built = current_rss_mib()
-        trainer.train()
-        if "memory" not in result:
-            result["memory"] = memory_breakdown(trainer, baseline, built)
-        step = statistics.median(timer.times[group.warmup:])
-        result["strategies"][strategy] = {"median_step_s": step, "pairs_per_s": group.batch_size / step,
-                                          "steps_timed": len(timer.times[group.warmup:])}
-        if strategy != group.strategies[-1]:
+    result, times, floor = {"group": asdict(group), "strategies": {}}, {strategy: [] for strategy in group.strategies}, []
+    for _ in range(group.rounds):  # strategies and floor alternate, so load on a shared machine hits them alike
+        for strategy in group.strategies:
+            timer = StepTimer()
+            baseline = current_rss_mib()
+            trainer = build_trainer(group, strategy, f"{work}/data", f"{work}/cache", timer)
+            built = current_rss_mib()
+            trainer.train()
+            if "memory" not in result:
+                result["memory"] = memory_breakdown(trainer, baseline, built)
+            times[strategy] += timer.times[group.warmup:]
+            if strategy == group.strategies[-1]:
+                floor += floor_times(trainer, group.warmup + group.steps)[group.warmup:]
             del trainer
             gc.collect()
-    floor = floor_times(trainer, group.warmup + group.steps)[group.warmup:]
+    for strategy, step_times in times.items():
+        step = statistics.median(step_times)
+        result["strategies"][strategy] = {"median_step_s": step, "pairs_per_s": group.batch_size / step,
+                                          "steps_timed": len(step_times)}
     result["floor_s"] = statistics.median(floor)
     for timing in result["strategies"].values():
         timing["step_over_floor"] = timing["median_step_s"] / result["floor_s"]
@@ -288,8 +291,9 @@ def markdown(report: dict) -> str:
                      + " | ".join(f"{memory[key] / 1024:.2f} GiB" for key in (
                          "weights_mib", "gradients_mib", "optimizer_state_mib", "baseline_rss_mib", "after_setup_rss_mib",
                          "peak_rss_mib", "activations_and_temporaries_mib")) + " |")
-    lines += ["", f"Batch {report['results'][0]['group']['batch_size']} pairs; median of "
-              f"{report['results'][0]['group']['steps']} steps after {report['results'][0]['group']['warmup']} warm-up steps. "
+    first = report["results"][0]["group"]
+    lines += ["", f"Batch {first['batch_size']} pairs; median over {first['rounds']} alternating rounds of "
+              f"{first['steps']} steps after {first['warmup']} warm-up steps each. "
               "Floor: policy forward + backward and reference forward on the 2B latents of one batch, timed in the same process.",
               "", "Not swept here:"]
     lines += [f"- {axis}: {why}" for axis, why in report["not_swept"].items()]
@@ -310,6 +314,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=2, help="pairs per step")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per strategy (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the strategies and the floor")
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--optim", default="adamw_torch", help="any transformers optim, e.g. adamw_bnb_8bit, adafactor")
     parser.add_argument("--out", default="benchmark-results")
@@ -324,7 +329,8 @@ def main() -> None:
         parser.error(f"unknown --sizes {unknown} (choose from {sorted(SIZES)}) or --tunings/--precompute values {wrong} "
                      "(tunings: lora, full; precompute: on, off)")
     groups = [Group(size, options.resolution or SIZES[size][1], tuning, precompute == "on", _csv(options.strategies),
-                    options.batch_size, options.steps, options.warmup, options.gradient_checkpointing, options.optim)
+                    options.batch_size, options.steps, options.warmup, options.gradient_checkpointing, options.optim,
+                    options.rounds)
               for size in _csv(options.sizes) for tuning in _csv(options.tunings) for precompute in _csv(options.precompute)]
     results = []
     for number, group in enumerate(groups, 1):

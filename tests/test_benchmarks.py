@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_smallest_configuration_writes_markdown_and_json(tmp_path):
     command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--sizes", "tiny", "--tunings", "lora", "--precompute", "on",
-               "--strategies", "uniform,dde", "--batch_size", "1", "--steps", "1", "--warmup", "1", "--out", str(tmp_path)]
+               "--strategies", "uniform,dde", "--batch_size", "1", "--steps", "1", "--warmup", "1", "--rounds", "2", "--out", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -23,7 +23,7 @@ def test_smallest_configuration_writes_markdown_and_json(tmp_path):
     assert result["group"]["size"] == "tiny" and result["group"]["tuning"] == "lora" and result["group"]["precompute"]
     assert set(result["strategies"]) == {"uniform", "dde"}
     for timing in result["strategies"].values():
-        assert timing["steps_timed"] == 1 and timing["median_step_s"] > 0
+        assert timing["steps_timed"] == 2 and timing["median_step_s"] > 0
         assert timing["pairs_per_s"] == 1 / timing["median_step_s"]
         assert timing["step_over_floor"] == timing["median_step_s"] / result["floor_s"]
     assert result["dde_over_uniform"] == result["strategies"]["dde"]["median_step_s"] / result["strategies"]["uniform"]["median_step_s"]
