@@ -2,7 +2,8 @@
 
 * LoRA: the policy itself with its adapters disabled (no second copy in memory). The adapter layers are
   found once at set-up (``AdapterSwitch``) and switched off around each reference forward: walking the
-  whole denoiser's modules each step, as ``model.disable_adapters()`` does, cost 3–4× more per switch.
+  whole denoiser's modules each step, as ``model.disable_adapters()`` does, cost 3–14× more per switch
+  (docs/benchmarks.md).
 * Full fine-tuning: a frozen copy of the denoiser taken before training, or the user's ``ref_model``,
   kept in the policy's parameter dtype, called under the same autocast and switched to the policy's
   train/eval mode before each call, so that with an unchanged policy every margin is exactly 0 (the mode
