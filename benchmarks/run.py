@@ -1,257 +1,352 @@
-"""Training-step benchmark: step time, pairs/s, peak memory and the floor ratio, Markdown + JSON out.
+"""Training-step benchmark: step time, pairs/s, peak memory and the floor ratio across configurations.
 
-    python benchmarks/run.py --sizes tiny,small --out bench-out
+    python benchmarks/run.py --sizes tiny,small [--resolution 128] [--tunings lora,full]
+        [--strategies uniform,dde] [--precompute on,off] [--out DIR]
 
-Every configuration (size x tuning x strategy x precomputed latents x gradient checkpointing x optimizer x
-precision) trains the same synthetic pairs with the same seed; the first ``--warmup`` steps are dropped and
-the median of the rest is reported. In the same process, with the same trainer and batch, the *floor* is
-timed: the policy forward + backward and the reference forward on the 2B latents, nothing else, giving
-``step / floor``. Peak memory is CUDA max allocated on a GPU, otherwise the process RSS high-water mark
-(reset before each configuration through ``/proc/self/clear_refs``). Axes that cannot run on this device are
-listed in the output with the reason. ``--memory`` adds the computed memory breakdown of full-size SD1.5 and
-SDXL UNets (parameter counts from the real architecture configs, built on the meta device: no download).
+Each group (size × tuning × precomputed latents on/off) runs in its own subprocess, so its peak memory
+(host RSS; CUDA max allocated on a GPU) is its own. Inside a group, every strategy trains the same model
+on the same synthetic pairs with the same seed, and the *floor* — the work a DPO step cannot avoid: the
+policy forward + backward and the reference forward on the 2B latents of one batch, nothing else — is
+timed in the same process, so ``step/floor`` and the dde/uniform ratio are side-by-side figures that
+machine noise hits alike. Step times are medians after the warm-up steps. Random weights: only the cost
+is meaningful. Writes ``benchmarks.md`` and ``benchmarks.json`` to ``--out`` and prints the table.
+
+Sizes: ``tiny`` (the test pipeline), ``small`` (SD1.5's layout at reduced width) and ``sd15`` (the real
+SD1.5 UNet, VAE and CLIP ViT-L/14 text-encoder configurations, random weights, written here — no download;
+the text encoder's vocabulary is the byte-level test tokenizer's, which changes no compute).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import gc
 import json
+import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from datasets import load_from_disk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # time this checkout's trl_dde, not an installed copy
+import trl_dde  # noqa: F401  first: its import filters third-party log noise
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from peft import LoraConfig
 from transformers import CLIPTextConfig, CLIPTextModel, TrainerCallback
 
-from trl_dde import DDEConfig, DDEDiffusionTrainer
-from trl_dde.tiny import _scheduler, tiny_preference_dataset, tiny_sd15_pipeline, tiny_tokenizer
-
-LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-
-# The real UNet architecture configs (SD1.5 and SDXL base 1.0 unet/config.json), written out.
-SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
-                 attention_head_dim=8, sample_size=64,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-SDXL_UNET = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
-                 attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), sample_size=128,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                 addition_embed_type="text_time", addition_time_embed_dim=256,
-                 projection_class_embeddings_input_dim=2816, use_linear_projection=True)
+#: Axes of the issue this script does not sweep, and why (printed with every report).
+NOT_SWEPT = {
+    "bf16 / fp16 mixed precision": "no GPU was lent; CPU autocast to bf16 is emulated and says nothing about GPU cost",
+    "torch.compile": "no GPU was lent; on this 2-core CPU a compile costs minutes per configuration",
+    "attention backend (SDPA vs others)": "diffusers uses SDPA by default; the CPU has no flash/memory-efficient kernels to compare",
+    "channels-last": "a GPU tensor-core layout; not measured without a GPU",
+    "8-bit AdamW / Adafactor": "pass --optim adamw_bnb_8bit or --optim adafactor to time them; the memory section uses 8-bit AdamW",
+}
 
 
-def small_pipeline() -> StableDiffusionPipeline:
-    """SD1.5's layout at reduced width: 4-level UNet with 3 cross-attention levels, 4-level VAE (x8), 6-layer CLIP."""
-    torch.manual_seed(0)
-    tokenizer = tiny_tokenizer()
-    text = CLIPTextModel(CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                        pad_token_id=tokenizer.pad_token_id, hidden_size=384, intermediate_size=1536,
-                                        num_attention_heads=6, num_hidden_layers=6, vocab_size=len(tokenizer),
-                                        max_position_embeddings=77))
-    unet = UNet2DConditionModel(block_out_channels=(64, 128, 256, 256), layers_per_block=2, sample_size=16,
-                                cross_attention_dim=384, attention_head_dim=8)
-    vae = AutoencoderKL(block_out_channels=[64, 128, 256, 256], layers_per_block=2, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
-    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
+def _sd15_text_encoder(tokenizer, hidden: int, layers: int, heads: int, intermediate: int) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id, hidden_size=hidden,
+                                        intermediate_size=intermediate, num_attention_heads=heads,
+                                        num_hidden_layers=layers, vocab_size=len(tokenizer), max_position_embeddings=77))
+
+
+def _pipeline(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer) -> StableDiffusionPipeline:
+    from trl_dde.tiny import _scheduler
+
+    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    scheduler=_scheduler("epsilon"), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
 
 
-SIZES = {"tiny": (tiny_sd15_pipeline, 32), "small": (small_pipeline, 128)}
-NOT_RUN = {
-    "8-bit AdamW": "bitsandbytes' 8-bit optimizers need a CUDA device (preflight refuses them on CPU)",
-    "torch.compile": "not measured: inductor compilation of a UNet takes minutes per configuration on 2 CPU cores",
-    "channels-last": "not measured on CPU: it targets GPU convolution kernels",
-    "attention backend": "diffusers' default (torch SDPA) in every configuration; no alternative backend installed",
-    "sd15 / sdxl trainer step": "not run on the 2-core CPU box (full VAE + text encoders); UNet memory computed with --memory",
-}
+def small_pipeline() -> StableDiffusionPipeline:
+    """SD1.5's layout at reduced width: 4-level UNet (64–256) with 3 cross-attention levels, 4-level VAE (×8), 6-layer CLIP."""
+    from trl_dde.tiny import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    unet = UNet2DConditionModel(block_out_channels=(64, 128, 256, 256), layers_per_block=2, sample_size=16,
+                                cross_attention_dim=384, attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=[64, 128, 256, 256], layers_per_block=2, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    return _pipeline(unet, vae, _sd15_text_encoder(tokenizer, 384, 6, 6, 1536), tokenizer)
+
+
+def sd15_pipeline() -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's architecture with random weights: the UNet (860M parameters, 320–1280 channels,
+    8 heads, 768-wide cross-attention), the VAE (128–512 channels, ×8) and CLIP ViT-L/14's text encoder."""
+    from trl_dde.tiny import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    return _pipeline(unet, vae, _sd15_text_encoder(tokenizer, 768, 12, 12, 3072), tokenizer)
+
+
+def _tiny():
+    from trl_dde.tiny import tiny_sd15_pipeline
+
+    return tiny_sd15_pipeline()
+
+
+#: size → (pipeline builder, default resolution on this CPU)
+SIZES = {"tiny": (_tiny, 32), "small": (small_pipeline, 128), "sd15": (sd15_pipeline, 256)}
+
+
+@dataclass
+class Group:
+    """One subprocess: a model size, tuning, data path and the strategies timed side by side."""
+
+    size: str
+    resolution: int
+    tuning: str  # "lora" or "full"
+    precompute: bool
+    strategies: list[str]
+    batch_size: int
+    steps: int
+    warmup: int
+    gradient_checkpointing: bool
+    optim: str
+    rounds: int
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step."""
+    """Wall time of each optimizer step (synchronised on CUDA so the time is the device's)."""
 
     def __init__(self):
         self.times, self._start = [], None
 
     def on_step_begin(self, args, state, control, **kwargs):
+        _synchronize()
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        _synchronize()
         self.times.append(time.perf_counter() - self._start)
 
 
-def reset_peak_memory() -> None:
-    """Reset the peak-memory counter: CUDA's, or the process RSS high-water mark (Linux)."""
+def _synchronize() -> None:
     if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")
+        torch.cuda.synchronize()
 
 
-def peak_memory_mib() -> float:
-    """CUDA max allocated, or the process RSS high-water mark, in MiB."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+def build_trainer(group: Group, strategy: str, data_folder: str, cache_dir: str, timer: StepTimer | None = None):
+    """A DDEDiffusionTrainer for the group's configuration (LoRA r=8 on the attention projections, or full)."""
+    from datasets import load_from_disk
+    from peft import LoraConfig
+
+    from trl_dde import DDEConfig, DDEDiffusionTrainer
+
+    args = DDEConfig(output_dir=tempfile.mkdtemp(), max_steps=group.warmup + group.steps,
+                     per_device_train_batch_size=group.batch_size, save_strategy="no", report_to="none",
+                     disable_tqdm=True, logging_steps=group.warmup + group.steps, credit=strategy,
+                     resolution=group.resolution, precompute_latents=group.precompute, precompute_cache_dir=cache_dir,
+                     gradient_checkpointing=group.gradient_checkpointing, optim=group.optim,
+                     use_cpu=not torch.cuda.is_available(), seed=0)
+    lora = LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    return DDEDiffusionTrainer(SIZES[group.size][0](), args=args, train_dataset=load_from_disk(data_folder),
+                               peft_config=lora if group.tuning == "lora" else None,
+                               callbacks=[timer] if timer is not None else None)
 
 
-def floor_time(trainer: DDEDiffusionTrainer, repeats: int) -> float:
-    """Median time of the work a DPO step cannot avoid on one batch: policy forward + backward, reference forward."""
-    model, family = trainer.model, trainer.family
-    batch = trainer.batches(next(iter(trainer.get_train_dataloader())), None)
-    latents = torch.cat([batch.x0_w, batch.x0_l])
-    timesteps = torch.randint(0, 1000, (latents.shape[0],), device=latents.device)
+def floor_times(trainer, repeats: int) -> list[float]:
+    """Time the bare DPO work on one batch: policy forward + backward and reference forward on the 2B latents."""
+    model, family, process = trainer.model_wrapped, trainer.family, trainer.process
+    model.train()
+    batch = trainer.batches(trainer._prepare_inputs(next(iter(trainer.get_train_dataloader()))), None)
+    x0 = torch.cat([batch.x0_w, batch.x0_l])
+    timesteps = torch.randint(0, process.num_timesteps, (batch.size,), device=x0.device).repeat(2)
+    x_t = process.add_noise(x0, torch.randn_like(x0), timesteps)
+    model_time = process.model_timesteps(timesteps)
     times = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
-        with trainer.autocast_smart_context_manager():
-            family.predict(model, latents, timesteps, batch.conditioning).square().mean().backward()
+        with trainer.compute_loss_context_manager():
+            trainer.accelerator.backward(family.predict(model, x_t, model_time, batch.conditioning).square().mean())
             with torch.no_grad():
                 if trainer.ref_model is None:
-                    with trainer._adapters_off():
-                        family.predict(model, latents, timesteps, batch.conditioning)
+                    with trainer.reference_adapters.disabled():
+                        family.predict(model, x_t, model_time, batch.conditioning)
                 else:
-                    family.predict(trainer.ref_model, latents, timesteps, batch.conditioning)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+                    family.predict(trainer.ref_model, x_t, model_time, batch.conditioning)
+        _synchronize()
         times.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
-    return statistics.median(times[1:] or times)
+    return times
 
 
-def run_config(config: dict, data: str, cache: str, steps: int, warmup: int, batch_size: int) -> dict:
-    """Train one configuration, then time its floor on the same trainer; one result row."""
-    make_pipeline, resolution = SIZES[config["size"]]
-    args = DDEConfig(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch_size,
-                     save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=steps,
-                     credit=config["credit"], resolution=resolution, precompute_latents=config["precompute"],
-                     precompute_cache_dir=cache, gradient_checkpointing=config["checkpointing"],
-                     optim=config["optim"], bf16=config["precision"] == "bf16",
-                     use_cpu=not torch.cuda.is_available(), seed=0)
-    lora = LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
-    timer = StepTimer()
-    reset_peak_memory()
-    trainer = DDEDiffusionTrainer(make_pipeline(), args=args, train_dataset=load_from_disk(data),
-                                  peft_config=lora if config["tuning"] == "lora" else None, callbacks=[timer])
-    trainer.train()
-    step = statistics.median(timer.times[warmup:])
-    floor = floor_time(trainer, repeats=max(3, steps - warmup))
-    return {**config, "resolution": resolution, "batch_pairs": batch_size, "steps_timed": len(timer.times[warmup:]),
-            "step_ms": step * 1000, "pairs_per_s": batch_size / step, "floor_ms": floor * 1000,
-            "step_over_floor": step / floor, "peak_mib": peak_memory_mib()}
+def peak_memory_mib() -> dict:
+    """Process peak RSS (MiB) and, on a GPU, the CUDA max allocated."""
+    memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        memory["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return memory
 
 
-def unet_memory(name: str, config: dict, lora: bool, optimizer_bytes: float, dtype_bytes: int) -> dict:
-    """Computed weights / reference / gradients / optimizer-state GiB of a full-size UNet (built on the meta device)."""
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**config)
-        total = sum(p.numel() for p in unet.parameters())
-        if lora:
-            from peft import inject_adapter_in_model
-
-            unet = inject_adapter_in_model(LoraConfig(r=8, target_modules=LORA_TARGETS), unet)
-            trainable = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
-        else:
-            trainable = total
-    gib = 2**30
-    return {"model": name, "tuning": "lora" if lora else "full", "parameters": total, "trainable": trainable,
-            "weights_gib": (dtype_bytes * total + (4 * trainable if lora else 0)) / gib,
-            "reference_gib": 0.0 if lora else dtype_bytes * total / gib,
-            "gradients_gib": 4 * trainable / gib, "optimizer_gib": optimizer_bytes * trainable / gib}
+def current_rss_mib() -> float:
+    """The process's resident set size now (Linux ``/proc``), to split the peak into set-up and step."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def dde_uniform_ratios(rows: list[dict]) -> dict[str, float]:
-    """Step-time ratio dde / uniform for every configuration measured with both strategies."""
-    keyed = {}
-    for r in rows:
-        key = "/".join(str(r[k]) for k in ("size", "tuning", "precompute", "checkpointing", "optim", "precision"))
-        keyed.setdefault(key, {})[r["credit"]] = r["step_ms"]
-    return {key: v["dde"] / v["uniform"] for key, v in keyed.items() if {"dde", "uniform"} <= v.keys()}
+def _mib(tensors) -> float:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 2**20
 
 
-def markdown(rows: list[dict], memory: list[dict], header: str) -> str:
-    """The result tables: per configuration, dde/uniform ratios, computed memory, and what was not run."""
-    lines = [header, "", "| size | tuning | credit | precompute | ckpt | optim | precision | step ms | pairs/s | "
-             "floor ms | step/floor | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['size']} | {r['tuning']} | {r['credit']} | {r['precompute']} | {r['checkpointing']} | {r['optim']} | "
-              f"{r['precision']} | {r['step_ms']:.1f} | {r['pairs_per_s']:.2f} | {r['floor_ms']:.1f} | "
-              f"{r['step_over_floor']:.3f} | {r['peak_mib']:.0f} |" for r in rows]
-    ratios = dde_uniform_ratios(rows)
-    if ratios:
-        lines += ["", "| size/tuning/precompute/ckpt/optim/precision | dde / uniform step |", "|---|---|"]
-        lines += [f"| {key} | {value:.3f} |" for key, value in ratios.items()]
-    if memory:
-        lines += ["", "| model | tuning | parameters | trainable | weights GiB | reference GiB | grads GiB | optimizer GiB |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {m['model']} | {m['tuning']} | {m['parameters']:,} | {m['trainable']:,} | {m['weights_gib']:.2f} | "
-                  f"{m['reference_gib']:.2f} | {m['gradients_gib']:.2f} | {m['optimizer_gib']:.2f} |" for m in memory]
-    lines += ["", "Not run:", ""] + [f"- {axis}: {why}" for axis, why in NOT_RUN.items()]
+def memory_breakdown(trainer, baseline_mib: float, built_mib: float) -> dict:
+    """Where the first strategy's peak host memory went: weights (every pipeline module still held, plus the
+    reference copy), gradients (trainable parameters' size) and optimizer state (its real tensors) computed
+    from the tensors; baseline (interpreter + libraries), after set-up and peak RSS measured; the step's
+    activations and temporaries are the rest: peak − after set-up − gradients − optimizer state."""
+    modules = [m for m in trainer.family.pipeline.components.values() if isinstance(m, torch.nn.Module)]
+    if trainer.ref_model is not None:
+        modules.append(trainer.ref_model)
+    parameters = {id(p): p for module in modules for p in module.parameters()}
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    state = [v for entry in trainer.optimizer.state.values() for v in entry.values() if torch.is_tensor(v)]
+    breakdown = {"weights_mib": _mib(parameters.values()), "gradients_mib": _mib(trainable),
+                 "optimizer_state_mib": _mib(state), "trainable_parameters": sum(p.numel() for p in trainable),
+                 "baseline_rss_mib": baseline_mib, "after_setup_rss_mib": built_mib,
+                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    breakdown["activations_and_temporaries_mib"] = (breakdown["peak_rss_mib"] - built_mib - breakdown["gradients_mib"]
+                                                    - breakdown["optimizer_state_mib"])
+    return breakdown
+
+
+def run_group(group: Group) -> dict:
+    """Each round, train each strategy for warm-up + steps steps, then time the floor as many times; all in this process.
+    The memory breakdown is the first strategy's (later ones reuse memory the first freed)."""
+    from trl_dde.tiny import tiny_preference_dataset
+
+    work = tempfile.mkdtemp(prefix="trl-dde-bench-")
+    pairs = group.batch_size * (group.warmup + group.steps)
+    tiny_preference_dataset(pairs, image_size=group.resolution, seed=0).save_to_disk(f"{work}/data")
+    result, times, floor = {"group": asdict(group), "strategies": {}}, {strategy: [] for strategy in group.strategies}, []
+    for _ in range(group.rounds):  # strategies and floor alternate, so load on a shared machine hits them alike
+        for strategy in group.strategies:
+            timer = StepTimer()
+            baseline = current_rss_mib()
+            trainer = build_trainer(group, strategy, f"{work}/data", f"{work}/cache", timer)
+            built = current_rss_mib()
+            trainer.train()
+            if "memory" not in result:
+                result["memory"] = memory_breakdown(trainer, baseline, built)
+            times[strategy] += timer.times[group.warmup:]
+            if strategy == group.strategies[-1]:
+                floor += floor_times(trainer, group.warmup + group.steps)[group.warmup:]
+            del trainer
+            gc.collect()
+    for strategy, step_times in times.items():
+        step = statistics.median(step_times)
+        result["strategies"][strategy] = {"median_step_s": step, "pairs_per_s": group.batch_size / step,
+                                          "steps_timed": len(step_times)}
+    result["floor_s"] = statistics.median(floor)
+    for timing in result["strategies"].values():
+        timing["step_over_floor"] = timing["median_step_s"] / result["floor_s"]
+    if {"uniform", "dde"} <= set(result["strategies"]):
+        result["dde_over_uniform"] = result["strategies"]["dde"]["median_step_s"] / result["strategies"]["uniform"]["median_step_s"]
+    result.update(peak_memory_mib())
+    return result
+
+
+def machine() -> dict:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "trl_dde": str(Path(trl_dde.__file__).parent)}
+
+
+def markdown(report: dict) -> str:
+    """The report as one Markdown table (one row per strategy), the machine and the axes not swept."""
+    lines = [f"Machine: {report['machine']['device']}, torch {report['machine']['torch']}, {report['machine']['date']}.", "",
+             "| size | px | tuning | latents | ckpt | optim | strategy | median step | pairs/s | floor | step/floor | dde/uniform | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for result in report["results"]:
+        group = result["group"]
+        for strategy, timing in result["strategies"].items():
+            ratio = f"{result['dde_over_uniform']:.3f}" if "dde_over_uniform" in result else "–"
+            memory = f"{result['peak_rss_mib'] / 1024:.2f} GiB"
+            if "cuda_max_allocated_mib" in result:
+                memory += f" (CUDA {result['cuda_max_allocated_mib'] / 1024:.2f} GiB)"
+            lines.append(f"| {group['size']} | {group['resolution']} | {group['tuning']} | "
+                         f"{'cached' if group['precompute'] else 'encoded'} | {'on' if group['gradient_checkpointing'] else 'off'} | "
+                         f"{group['optim']} | {strategy} | {timing['median_step_s'] * 1000:.1f} ms | {timing['pairs_per_s']:.2f} | "
+                         f"{result['floor_s'] * 1000:.1f} ms | {timing['step_over_floor']:.3f} | {ratio} | {memory} |")
+    lines += ["", "| size | px | tuning | latents | ckpt | optim | weights | gradients | optimizer state | RSS: baseline | after set-up | peak | activations + temporaries |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for result in report["results"]:
+        group, memory = result["group"], result["memory"]
+        lines.append(f"| {group['size']} | {group['resolution']} | {group['tuning']} | {'cached' if group['precompute'] else 'encoded'} | "
+                     f"{'on' if group['gradient_checkpointing'] else 'off'} | {group['optim']} | "
+                     + " | ".join(f"{memory[key] / 1024:.2f} GiB" for key in (
+                         "weights_mib", "gradients_mib", "optimizer_state_mib", "baseline_rss_mib", "after_setup_rss_mib",
+                         "peak_rss_mib", "activations_and_temporaries_mib")) + " |")
+    first = report["results"][0]["group"]
+    lines += ["", f"Batch {first['batch_size']} pairs; median over {first['rounds']} alternating rounds of "
+              f"{first['steps']} steps after {first['warmup']} warm-up steps each. "
+              "Floor: policy forward + backward and reference forward on the 2B latents of one batch, timed in the same process.",
+              "", "Not swept here:"]
+    lines += [f"- {axis}: {why}" for axis, why in report["not_swept"].items()]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _csv(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="tiny,small", help=f"comma list of {sorted(SIZES)}")
-    parser.add_argument("--tuning", default="lora,full", help="comma list of lora,full")
-    parser.add_argument("--credits", default="dde,uniform", help="comma list of credit strategies")
-    parser.add_argument("--precompute", default="on,off", help="precomputed latents: comma list of on,off")
-    parser.add_argument("--checkpointing", default="off,on", help="gradient checkpointing: comma list of on,off")
-    parser.add_argument("--optims", default="adamw_torch", help="e.g. adamw_torch,adafactor (8-bit needs CUDA)")
-    parser.add_argument("--precisions", default="fp32", help="comma list of fp32,bf16")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--sizes", default="tiny,small", help=f"comma-separated, from {sorted(SIZES)}")
+    parser.add_argument("--resolution", type=int, default=None, help="image size in px (default: per size, small for a CPU)")
+    parser.add_argument("--tunings", default="lora,full", help="comma-separated: lora, full")
+    parser.add_argument("--strategies", default="uniform,dde", help="credit strategies timed side by side")
+    parser.add_argument("--precompute", default="on,off", help="precomputed latents: on, off or both")
+    parser.add_argument("--batch_size", type=int, default=2, help="pairs per step")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per strategy (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--memory", action="store_true", help="add the computed SD1.5/SDXL UNet memory breakdown")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the strategies and the floor")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--optim", default="adamw_torch", help="any transformers optim, e.g. adamw_bnb_8bit, adafactor")
     parser.add_argument("--out", default="benchmark-results")
-    options = parser.parse_args(argv)
-    sizes = options.sizes.split(",")
-    if unknown := set(sizes) - SIZES.keys():
-        parser.error(f"--sizes {sorted(unknown)} unknown; choose from {sorted(SIZES)}")
-    if options.steps <= options.warmup:
-        parser.error(f"--steps ({options.steps}) must exceed --warmup ({options.warmup})")
-    switches = {"on": True, "off": False}
-    for name in ("precompute", "checkpointing"):
-        if bad := set(getattr(options, name).split(",")) - switches.keys():
-            parser.error(f"--{name} {sorted(bad)}: use on and/or off")
-    names = ("size", "tuning", "credit", "precompute", "checkpointing", "optim", "precision")
-    axes = [sizes, options.tuning.split(","), options.credits.split(","),
-            [switches[v] for v in options.precompute.split(",")], [switches[v] for v in options.checkpointing.split(",")],
-            options.optims.split(","), options.precisions.split(",")]
-    work = tempfile.mkdtemp()
-    for size in sizes:
-        tiny_preference_dataset(options.pairs, image_size=SIZES[size][1], seed=0).save_to_disk(f"{work}/{size}")
-    combos = list(itertools.product(*axes))
-    rows = []
-    for i, combo in enumerate(combos):
-        config = dict(zip(names, combo))
-        print(f"[{i + 1}/{len(combos)}] {config}", flush=True)
-        rows.append(run_config(config, f"{work}/{config['size']}", f"{work}/cache-{config['size']}",
-                               options.steps, options.warmup, options.batch_size))
-    memory = []
-    if options.memory:  # SD1.5 full with 8-bit AdamW (2 B/param); SDXL LoRA on bf16 frozen weights with fp32 AdamW
-        memory = [unet_memory("sd15", SD15_UNET, lora=False, optimizer_bytes=2, dtype_bytes=4),
-                  unet_memory("sdxl", SDXL_UNET, lora=True, optimizer_bytes=8, dtype_bytes=2)]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    header = f"device={device} torch={torch.__version__} date={time.strftime('%Y-%m-%d', time.gmtime())}"
+    parser.add_argument("--group", help=argparse.SUPPRESS)  # internal: run one group (JSON) and print its result
+    options = parser.parse_args()
+    if options.group:
+        print(json.dumps(run_group(Group(**json.loads(options.group)))))
+        return
+    unknown = [size for size in _csv(options.sizes) if size not in SIZES]
+    wrong = [p for p in _csv(options.precompute) if p not in ("on", "off")] + [t for t in _csv(options.tunings) if t not in ("lora", "full")]
+    if unknown or wrong:
+        parser.error(f"unknown --sizes {unknown} (choose from {sorted(SIZES)}) or --tunings/--precompute values {wrong} "
+                     "(tunings: lora, full; precompute: on, off)")
+    groups = [Group(size, options.resolution or SIZES[size][1], tuning, precompute == "on", _csv(options.strategies),
+                    options.batch_size, options.steps, options.warmup, options.gradient_checkpointing, options.optim,
+                    options.rounds)
+              for size in _csv(options.sizes) for tuning in _csv(options.tunings) for precompute in _csv(options.precompute)]
+    results = []
+    for number, group in enumerate(groups, 1):
+        print(f"[{number}/{len(groups)}] {group.size} {group.resolution} px {group.tuning} "
+              f"{'cached' if group.precompute else 'encoded'} latents ...", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, __file__, "--group", json.dumps(asdict(group))],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"benchmark group {asdict(group)} failed:\n{done.stderr[-4000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    report = {"machine": machine(), "results": results, "not_swept": NOT_SWEPT}
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"device": device, "torch": torch.__version__, "results": rows,
-              "dde_over_uniform": dde_uniform_ratios(rows), "memory": memory, "not_run": NOT_RUN}
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    table = markdown(rows, memory, header)
-    (out / "results.md").write_text(table)
+    (out / "benchmarks.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (out / "benchmarks.md").write_text(table)
     print(table)
 
 

@@ -1,31 +1,49 @@
-"""The benchmark entry point runs its smallest configuration end to end and writes well-formed tables."""
+"""benchmarks/run.py end to end at its smallest configuration: the report's structure, never its timings."""
+
+from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_smallest_configuration_writes_markdown_and_json(tmp_path):
-    command = [sys.executable, "benchmarks/run.py", "--sizes", "tiny", "--tuning", "lora", "--credits", "dde,uniform",
-               "--precompute", "on", "--checkpointing", "off", "--steps", "3", "--warmup", "1", "--pairs", "8",
-               "--memory", "--out", str(tmp_path)]
-    result = subprocess.run(command, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                                                    "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "results.json").read_text())
-    assert [(r["credit"], r["tuning"], r["size"]) for r in report["results"]] == [("dde", "lora", "tiny"), ("uniform", "lora", "tiny")]
-    for row in report["results"]:
-        assert row["steps_timed"] == 2 and row["batch_pairs"] == 4
-        assert row["step_ms"] > 0 and row["floor_ms"] > 0 and row["peak_mib"] > 0
-        assert abs(row["step_over_floor"] - row["step_ms"] / row["floor_ms"]) < 1e-9
-        assert abs(row["pairs_per_s"] - 4000 / row["step_ms"]) < 1e-9
-    assert list(report["dde_over_uniform"]) == ["tiny/lora/True/False/adamw_torch/fp32"]
-    sd15, sdxl = report["memory"]
-    assert sd15["parameters"] == 859_520_964 and sd15["trainable"] == sd15["parameters"]  # the real SD1.5 UNet
-    assert sdxl["parameters"] == 2_567_463_684 and 0 < sdxl["trainable"] < sdxl["parameters"] // 100  # SDXL base, LoRA r=8
-    assert "8-bit AdamW" in report["not_run"]
-    table = (tmp_path / "results.md").read_text()
-    assert table.count("| tiny | lora |") == 2 and "step/floor" in table and "dde / uniform" in table
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--sizes", "tiny", "--tunings", "lora", "--precompute", "on",
+               "--strategies", "uniform,dde", "--batch_size", "1", "--steps", "1", "--warmup", "1", "--rounds", "2", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert set(report) == {"machine", "results", "not_swept"}
+    [result] = report["results"]
+    assert result["group"]["size"] == "tiny" and result["group"]["tuning"] == "lora" and result["group"]["precompute"]
+    assert set(result["strategies"]) == {"uniform", "dde"}
+    for timing in result["strategies"].values():
+        assert timing["steps_timed"] == 2 and timing["median_step_s"] > 0
+        assert timing["pairs_per_s"] == 1 / timing["median_step_s"]
+        assert timing["step_over_floor"] == timing["median_step_s"] / result["floor_s"]
+    assert result["dde_over_uniform"] == result["strategies"]["dde"]["median_step_s"] / result["strategies"]["uniform"]["median_step_s"]
+    assert result["peak_rss_mib"] > 0
+    memory = result["memory"]
+    assert 0 < memory["baseline_rss_mib"] <= memory["after_setup_rss_mib"] <= memory["peak_rss_mib"] <= result["peak_rss_mib"]
+    assert memory["gradients_mib"] == memory["trainable_parameters"] * 4 / 2**20  # fp32 LoRA weights
+    assert 0 < memory["gradients_mib"] < memory["optimizer_state_mib"] < memory["weights_mib"]  # AdamW: 2 states, LoRA only
+    table = (tmp_path / "benchmarks.md").read_text()
+    assert table in done.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
+    assert len(rows) == 3  # one timing row per strategy, one memory row per group
+    assert [row.split("|")[7].strip() for row in rows[:2]] == ["uniform", "dde"]
+    assert all(axis in table for axis in report["not_swept"])
+    assert report["machine"]["trl_dde"] == str(REPO / "trl_dde")  # this checkout's code is timed, wherever run from
+    assert "torchvision" not in done.stderr and "bitsandbytes" not in done.stderr
+
+
+def test_unknown_size_is_refused_before_any_work(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--sizes", "sdxxl", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2 and "sdxxl" in done.stderr and "choose from" in done.stderr
+    assert not (tmp_path / "benchmarks.json").exists()

@@ -1,6 +1,9 @@
 """The reference model the implicit reward margin is measured against.
 
-* LoRA: the policy itself with its adapters disabled (no second copy in memory).
+* LoRA: the policy itself with its adapters disabled (no second copy in memory). The adapter layers are
+  found once at set-up (``AdapterSwitch``) and switched off around each reference forward: walking the
+  whole denoiser's modules each step, as ``model.disable_adapters()`` does, cost 3–14× more per switch
+  (docs/benchmarks.md).
 * Full fine-tuning: a frozen copy of the denoiser taken before training, or the user's ``ref_model``,
   kept in the policy's parameter dtype, called under the same autocast and switched to the policy's
   train/eval mode before each call, so that with an unchanged policy every margin is exactly 0 (the mode
@@ -20,26 +23,22 @@ import torch
 
 from .families import ModelFamily, cast_module, unwrap_model
 
-__all__ = ["AdaptersOff", "build_reference", "prepare_reference"]
+__all__ = ["AdapterSwitch", "build_reference", "prepare_reference"]
 
 
-class AdaptersOff:
-    """Run the base model (the LoRA reference) by switching the adapter layers off, and on again on exit.
-
-    The adapter layers are found once, at set-up: diffusers' ``disable_adapters()``/``enable_adapters()`` walk
-    every module of the denoiser on each call, which cost 2.4x the switch itself at SD1.5 size (8.7 vs 3.6 ms
-    per step on CPU, docs/benchmarks.md). The layers are the same objects for the whole run (a resumed LoRA
-    is loaded into the existing adapter)."""
+class AdapterSwitch:
+    """The LoRA reference: the policy's adapter layers, found once, switched off for the reference forward."""
 
     def __init__(self, model: torch.nn.Module):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         self.layers = [module for module in unwrap_model(model).modules() if isinstance(module, BaseTunerLayer)]
         if not self.layers:
-            raise ValueError("AdaptersOff needs a denoiser with LoRA adapters; this one has none.")
+            raise ValueError("AdapterSwitch needs a denoiser with LoRA adapters; this one has none.")
 
     @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
+    def disabled(self) -> Iterator[None]:
+        """Run the base model (the LoRA reference) inside: adapters off, back on at exit (also on errors)."""
         for layer in self.layers:
             layer.enable_adapters(False)
         try:

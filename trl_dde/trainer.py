@@ -57,7 +57,7 @@ from .losses import preference_loss
 from .metrics import StepMetrics
 from .preflight import check_8bit_optimizer, check_lora_targets, check_resolution
 from .processes import NoiseProcess
-from .reference import AdaptersOff, build_reference, prepare_reference
+from .reference import AdapterSwitch, build_reference, prepare_reference
 
 __all__ = ["DDEDiffusionTrainer"]
 
@@ -173,7 +173,7 @@ class DDEDiffusionTrainer(Trainer):
             cast_module(module.requires_grad_(False), dtype, args.device).eval()
         denoiser = self.family.prepare_denoiser(peft_config, self.weight_dtype)
         self.ref_model = build_reference(self.family, ref_model, peft_config)
-        self._adapters_off = AdaptersOff(denoiser) if peft_config is not None else None
+        self.reference_adapters = AdapterSwitch(denoiser) if self.ref_model is None else None  # the LoRA reference
         if args.activation_checkpointing:
             denoiser.enable_gradient_checkpointing()
             # transformers' train() calls `model.activation_checkpointing_enable()`, which diffusers models
@@ -282,7 +282,7 @@ class DDEDiffusionTrainer(Trainer):
         prediction = family.predict(model, x_t, model_time, conditioning)
         with torch.no_grad():
             if self.ref_model is None:
-                with self._adapters_off():
+                with self.reference_adapters.disabled():
                     reference = family.predict(model, x_t, model_time, conditioning)
             else:
                 if self.ref_model.training != model.training:
