@@ -41,7 +41,7 @@ def test_a_caption_outside_the_world_is_refused():
 
 def test_preference_prefers_fidelity_then_a_clean_background():
     scene = all_scenes()[5]
-    clean, speckled = render(scene), render(scene, noise=12, seed=0)
+    clean, speckled = render(scene), render(scene, noise=16, seed=0)
     wrong = render(replace(scene, color="blue" if scene.color != "blue" else "red"))
     assert preference_label(clean, speckled, scene.caption) == 1.0
     assert preference_label(speckled, clean, scene.caption) == 0.0

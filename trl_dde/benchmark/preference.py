@@ -3,7 +3,7 @@
 ``score = fidelity + 0.15 * cleanliness``, where fidelity is the share of caption attributes the
 world's checker reads back (0-1) and cleanliness is ``1 - min(1, background std / 40)`` (a robust std of the border pixels) (1 for a flat
 background, 0 for heavy speckle). A reader can predict every label: an on-prompt image wins; between
-equally faithful images, the one with the calmer background wins; equal scores (to 0.05) are ties.
+equally faithful images, the one with the calmer background wins; equal scores (to 0.03) are ties.
 It is registered as the reward ``"benchmark-preference"`` (and ``"benchmark-fidelity"``).
 """
 
@@ -17,7 +17,7 @@ from .world import fidelity
 
 __all__ = ["TIE_MARGIN", "cleanliness", "preference_label", "preference_score"]
 
-TIE_MARGIN = 0.05
+TIE_MARGIN = 0.03
 STYLE_WEIGHT = 0.15  # below one attribute (0.2): fidelity always outranks style
 
 def cleanliness(image: Image.Image) -> float:
