@@ -51,3 +51,18 @@ def test_preference_prefers_fidelity_then_a_clean_background():
     scores = reward([clean, speckled], [scene.caption] * 2)
     assert scores[0] == pytest.approx(preference_score(clean, scene.caption)) == pytest.approx(1.15)
     assert scores[0] > scores[1]
+
+
+def test_pixel_autoencoder_is_lossless_and_the_pipeline_generates_32px_images():
+    import torch
+
+    from trl_dde.benchmark.pipeline import LATENT_CHANNELS, benchmark_pipeline
+
+    pipeline = benchmark_pipeline(seed=0)
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = pipeline.vae.encode(pixels).latent_dist.sample(generator=torch.Generator().manual_seed(0))
+    assert latents.shape == (2, LATENT_CHANNELS, 16, 16)
+    torch.testing.assert_close(pipeline.vae.decode(latents).sample, pixels, atol=1e-5, rtol=0)
+    images = pipeline([all_scenes()[0].caption], num_inference_steps=2, guidance_scale=1.0, output_type="pil",
+                      generator=torch.Generator().manual_seed(0)).images
+    assert images[0].size == (32, 32)
