@@ -66,3 +66,25 @@ def test_pixel_autoencoder_is_lossless_and_the_pipeline_generates_32px_images():
     images = pipeline([all_scenes()[0].caption], num_inference_steps=2, guidance_scale=1.0, output_type="pil",
                       generator=torch.Generator().manual_seed(0)).images
     assert images[0].size == (32, 32)
+
+
+def test_pretraining_runs_through_the_trainer_and_is_cached_by_its_settings(tmp_path):
+    import torch
+
+    from trl_dde.benchmark.pretrain import pretrained_base
+
+    scenes = all_scenes()[:4]
+    untouched, _ = pretrained_base(scenes, steps=0, output_dir=str(tmp_path / "run0"), cache_dir=tmp_path / "c0")
+    trained, cached = pretrained_base(scenes, steps=2, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
+                                      batch_size=4)
+    assert not cached
+    changed = [not torch.equal(a, b) for a, b in zip(trained.unet.parameters(), untouched.unet.parameters())]
+    assert any(changed)  # the trainer updated the pipeline's own UNet
+    again, cached = pretrained_base(scenes, steps=2, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
+                                    batch_size=4)
+    assert cached and len(list((tmp_path / "cache").glob("base-*.pt"))) == 1
+    for a, b in zip(again.unet.parameters(), trained.unet.parameters()):
+        assert torch.equal(a, b)
+    _, cached = pretrained_base(scenes, steps=3, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
+                                batch_size=4)
+    assert not cached  # other settings, another base

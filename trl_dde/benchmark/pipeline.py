@@ -29,7 +29,8 @@ class PixelShuffleAutoencoder(ModelMixin, ConfigMixin):
     def __init__(self, block_out_channels: tuple[int, ...] = (1, 1), latent_channels: int = LATENT_CHANNELS,
                  scaling_factor: float = 1.0, force_upcast: bool = False):
         super().__init__()
-        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)  # gives the module a device/dtype
+        # one frozen scalar: diffusers and the families read a module's device/dtype from its first parameter
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
 
     def encode(self, pixels: torch.Tensor, return_dict: bool = True):
         mean = torch.nn.functional.pixel_unshuffle(pixels, 2)
