@@ -1,5 +1,6 @@
 """The benchmark world: the renderer and the checker agree on every scene; the preference prefers what it says."""
 
+import json
 from dataclasses import asdict, replace
 
 import pytest
@@ -88,3 +89,29 @@ def test_pretraining_runs_through_the_trainer_and_is_cached_by_its_settings(tmp_
     _, cached = pretrained_base(scenes, steps=3, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
                                 batch_size=4)
     assert not cached  # other settings, another base
+
+
+def test_method_names_map_to_trainer_settings():
+    from trl_dde.benchmark.experiment import method_config
+
+    assert method_config("sft") == {"loss_type": "sft", "credit": "uniform"}
+    assert method_config("dde-single:mean") == {"credit": "dde-single", "credit_kwargs": {"correction_reduction": "mean"}}
+    assert method_config("uniform@200-700") == {"credit": "uniform", "timestep_range": [200, 700]}
+    with pytest.raises(ValueError, match="Unknown benchmark method 'ddee'"):
+        method_config("ddee")
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_every_report(tmp_path, capsys):
+    """`trl-dde demo --quick` end to end (3-4 min on the shared 2-core box: marked slow)."""
+    from trl_dde.cli import main
+
+    main(["demo", "--quick", "--pretrain_steps", "2", "--strategies", "sft", "dde:mean",
+          "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "| dde:mean |" in out and "| base |" in out and "{'loss'" not in out
+    for name in ("results.md", "results.json", "samples.png", "train_log.jsonl"):
+        assert (tmp_path / "out" / name).is_file(), name
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(report["results"]) == {"sft", "dde:mean"}
+    assert 0.0 <= report["results"]["sft"]["beat_ratio"]["ratio"] <= 1.0
