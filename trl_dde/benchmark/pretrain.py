@@ -67,6 +67,7 @@ def pretrained_base(scenes: list[Scene], steps: int, output_dir: str, cache_dir:
             output_dir=output_dir, loss_type="sft", max_steps=steps, per_device_train_batch_size=batch_size,
             learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=min(20, steps // 10),
             logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", seed=seed, use_cpu=True,
+            disable_tqdm=True,
         )
         trainer = DDEDiffusionTrainer(pipeline, args=args, train_dataset=scene_dataset(scenes, copies=2))
         trainer.remove_callback(PrinterCallback)
