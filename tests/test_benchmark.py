@@ -95,10 +95,11 @@ def test_method_names_map_to_trainer_settings():
     from trl_dde.benchmark.experiment import method_config
 
     assert method_config("sft") == {"loss_type": "sft", "credit": "uniform"}
-    assert method_config("dde-single:mean") == {"credit": "dde-single", "credit_kwargs": {"correction_reduction": "mean"}}
+    assert method_config("dde-step:mean") == {"credit": "dde-step", "credit_kwargs": {"correction_reduction": "mean"}}
     assert method_config("uniform@200-700") == {"credit": "uniform", "timestep_range": [200, 700]}
-    with pytest.raises(ValueError, match="Unknown benchmark method 'ddee'"):
-        method_config("ddee")
+    for wrong in ("ddee", "dde-single:mean"):  # dde-single has no correction to reduce
+        with pytest.raises(ValueError, match=f"Unknown benchmark method '{wrong}'"):
+            method_config(wrong)
 
 
 def test_quick_demo_writes_every_report(tmp_path, capsys):

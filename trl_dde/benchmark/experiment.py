@@ -2,7 +2,7 @@
 (method, seed) through ``DDEDiffusionTrainer``, and evaluation on held-out prompts.
 
 Methods are names: ``sft`` (winners only), any credit strategy (registered name or ``module:Class``),
-``<dde family>:mean`` for ``correction_reduction="mean"``, and ``uniform@200-700`` for
+``dde:mean``/``dde-step:mean`` for ``correction_reduction="mean"``, and ``uniform@200-700`` for
 ``timestep_range=[200, 700)``. Every method gets the same pairs, LoRA, steps, learning rate and seeds.
 """
 
@@ -33,13 +33,13 @@ def method_config(method: str) -> dict:
     if method.startswith("uniform@"):
         low, high = (int(x) for x in method.removeprefix("uniform@").split("-"))
         return {"credit": "uniform", "timestep_range": [low, high]}
-    if method.endswith(":mean") and method.removesuffix(":mean") in ("dde", "dde-single", "dde-step"):
+    if method in ("dde:mean", "dde-step:mean"):  # the strategies with a correction_reduction option
         return {"credit": method.removesuffix(":mean"), "credit_kwargs": {"correction_reduction": "mean"}}
     try:
         resolve_credit_class(method)
     except (ValueError, ImportError, AttributeError, TypeError) as error:
-        raise ValueError(f"Unknown benchmark method {method!r}: use sft, uniform@LOW-HIGH, dde:mean (or dde-single:mean, "
-                         f"dde-step:mean), or a credit strategy ({error})") from error
+        raise ValueError(f"Unknown benchmark method {method!r}: use sft, uniform@LOW-HIGH, dde:mean, dde-step:mean"
+                         f", or a credit strategy ({error})") from error
     return {"credit": method}
 
 

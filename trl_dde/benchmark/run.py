@@ -26,7 +26,7 @@ from .world import split_scenes
 
 __all__ = ["add_demo_arguments", "run_demo"]
 
-METHODS = ["sft", "uniform", "discounted", "dde", "dde:mean", "dde-single", "dde-single:mean", "dde-step",
+METHODS = ["sft", "uniform", "discounted", "dde", "dde:mean", "dde-single", "dde-step",
            "dde-step:mean", "uniform@200-700"]
 DEFAULTS = {"pretrain_steps": 300, "steps": 40, "seeds": 3, "samples_per_prompt": 4, "pair_prompts": 83}
 QUICK = {"pretrain_steps": 10, "steps": 1, "seeds": 1, "samples_per_prompt": 2, "pair_prompts": 8}
@@ -43,7 +43,7 @@ def _method(spec: str) -> str:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", nargs="+", default=METHODS, type=_method, metavar="METHOD",
                         help="methods to compare: sft, a credit strategy (registered name or package.module:ClassName), "
-                             f"dde:mean-style correction_reduction, uniform@LOW-HIGH (default: {' '.join(METHODS)})")
+                             f"dde:mean or dde-step:mean (correction_reduction=mean), uniform@LOW-HIGH (default: {' '.join(METHODS)})")
     parser.add_argument("--quick", action="store_true", help="a < 1 min smoke run: tiny pretraining, 2 steps, 1 seed")
     parser.add_argument("--seeds", type=int, default=None, help=f"seeds per method (default: {DEFAULTS['seeds']})")
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {DEFAULTS['steps']})")
