@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("train", add_help=False,
                         help="train on a preference dataset (flags or --config cfg.yaml; `trl-dde train --help`)")
-    demo = commands.add_parser("demo", help="compare all credit strategies on a tiny offline pipeline (no download)")
+    demo = commands.add_parser("demo", help="offline credit-assignment benchmark: pretrain a base on a small world, train every method, compare (no download)")
     evaluate = commands.add_parser("eval", help="compare tuned models with their base (paired images, scorers, beat "
                                                 "ratios), or draw credit diagnostics of a run (--diagnostics RUN_DIR)")
     pairs = commands.add_parser("pairs", help="generate a preference dataset from a model and rewards (AI feedback)")
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         train(argv[1:])
         return
     if command == "demo":
-        from .demo import add_demo_arguments, run_demo
+        from .benchmark.run import add_demo_arguments, run_demo
 
         _search_current_folder()  # for --strategies my_module:MyCredit
         add_demo_arguments(demo)
