@@ -45,9 +45,14 @@ def forward_logits(model, tokenizer, pixel_values, prompts):
 
 
 def test_every_builtin_scorer_is_registered_and_named_in_the_cli_help():
-    from trl_dde.evaluation.cli import BUILTIN_SCORERS
+    """In a fresh process (other packages, e.g. the benchmark, register their own rewards when imported)."""
+    import subprocess
+    import sys
 
-    assert sorted(BUILTIN_SCORERS) == available_rewards()
+    code = ("from trl_dde.evaluation.cli import BUILTIN_SCORERS\nfrom trl_dde.evaluation.rewards import available_rewards\n"
+            "print(sorted(BUILTIN_SCORERS) == available_rewards(), sorted(BUILTIN_SCORERS), available_rewards())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.startswith("True"), result.stdout + result.stderr[-2000:]
 
 
 def test_pickscore_is_the_model_temperature_times_the_cosine(scorer_kwargs, images):

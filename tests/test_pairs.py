@@ -445,8 +445,10 @@ def test_two_online_rounds_train_and_the_second_draws_from_the_first_adapter(tmp
             tuned = render(policy, [row["prompt"]], [row["chosen_seed"]], settings)[0]
     finally:
         torch.set_num_threads(threads)
-    assert np.array_equal(pixels(tuned), pixels(row["chosen"]))
-    assert not np.array_equal(pixels(base), pixels(row["chosen"]))
+    # equal up to CPU rounding (the round ran with the process's thread count, which reorders float sums)
+    from_policy = np.abs(pixels(tuned) - pixels(row["chosen"])).max()
+    from_base = np.abs(pixels(base) - pixels(row["chosen"])).max()
+    assert from_policy <= 2 < from_base, (from_policy, from_base)
 
 
 @pytest.mark.parametrize("overrides, message", [

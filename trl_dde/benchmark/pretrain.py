@@ -59,7 +59,7 @@ def pretrained_base(scenes: list[Scene], steps: int, output_dir: str, cache_dir:
     path = (cache_dir or default_cache_dir()) / f"base-{key}.pt"
     pipeline = benchmark_pipeline(seed=seed)
     if path.exists():
-        state = torch.load(path, map_location="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
         pipeline.unet.load_state_dict(state["unet"])
         return pipeline, True
     if steps:
@@ -73,5 +73,7 @@ def pretrained_base(scenes: list[Scene], steps: int, output_dir: str, cache_dir:
         trainer.remove_callback(PrinterCallback)
         trainer.train()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"unet": pipeline.unet.state_dict(), "settings": settings}, path)
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # renamed whole: a killed run leaves no truncated base
+    torch.save({"unet": pipeline.unet.state_dict(), "settings": settings}, partial)
+    os.replace(partial, path)
     return pipeline, False
