@@ -119,11 +119,18 @@ class ModelFamily:
 
     @property
     def text_encoders(self) -> tuple[torch.nn.Module, ...]:
-        raise NotImplementedError
+        """The pipeline's ``text_encoder``, ``text_encoder_2``, ``text_encoder_3`` that exist, in that order (a
+        component left out, e.g. SD3's T5 with ``text_encoder_3=None``, is skipped)."""
+        return self._numbered_components("text_encoder")
 
     @property
     def tokenizers(self) -> tuple:
-        raise NotImplementedError
+        """The tokenizers matching ``text_encoders``, in the same order."""
+        return self._numbered_components("tokenizer")
+
+    def _numbered_components(self, name: str) -> tuple:
+        candidates = (getattr(self.pipeline, key, None) for key in (name, f"{name}_2", f"{name}_3"))
+        return tuple(component for component in candidates if component is not None)
 
     @classmethod
     def resolution_multiple(cls, vae_config, denoiser_config) -> int:

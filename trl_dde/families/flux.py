@@ -44,14 +44,6 @@ class FluxFamily(ModelFamily):
     def default_resolution(self) -> int:
         return self.pipeline.default_sample_size * self.pipeline.vae_scale_factor
 
-    @property
-    def text_encoders(self):
-        return (self.pipeline.text_encoder, self.pipeline.text_encoder_2)
-
-    @property
-    def tokenizers(self):
-        return (self.pipeline.tokenizer, self.pipeline.tokenizer_2)
-
     def token_length(self, index: int, tokenizer) -> int:
         return min(tokenizer.model_max_length, self.max_sequence_length) if index == 1 else tokenizer.model_max_length
 

@@ -39,14 +39,6 @@ class StableDiffusionFamily(UNetFamily):
         ``AutoencoderKL``'s default, and the pipeline itself never upcasts them."""
         return weight_dtype
 
-    @property
-    def text_encoders(self):
-        return (self.pipeline.text_encoder,)
-
-    @property
-    def tokenizers(self):
-        return (self.pipeline.tokenizer,)
-
     @torch.no_grad()
     def encode_prompts(self, token_ids: dict[str, torch.Tensor]) -> Conditioning:
         encoder = self.pipeline.text_encoder

@@ -39,16 +39,6 @@ class StableDiffusion3Family(ModelFamily):
     def process_from_scheduler_config(cls, config, **options) -> FlowMatchingProcess:
         return FlowMatchingProcess.from_scheduler_config(config, **options)
 
-    @property
-    def text_encoders(self):
-        encoders = (self.pipeline.text_encoder, self.pipeline.text_encoder_2, self.pipeline.text_encoder_3)
-        return tuple(encoder for encoder in encoders if encoder is not None)
-
-    @property
-    def tokenizers(self):
-        tokenizers = (self.pipeline.tokenizer, self.pipeline.tokenizer_2, self.pipeline.tokenizer_3)
-        return tuple(tokenizer for tokenizer in tokenizers if tokenizer is not None)
-
     def token_length(self, index: int, tokenizer) -> int:
         return min(tokenizer.model_max_length, self.max_sequence_length) if index == 2 else tokenizer.model_max_length
 

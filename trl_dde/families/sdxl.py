@@ -27,14 +27,6 @@ class StableDiffusionXLFamily(UNetFamily):
     def from_pretrained_kwargs(cls, model_index: dict) -> dict:
         return {"add_watermarker": False}
 
-    @property
-    def text_encoders(self):
-        return (self.pipeline.text_encoder, self.pipeline.text_encoder_2)
-
-    @property
-    def tokenizers(self):
-        return (self.pipeline.tokenizer, self.pipeline.tokenizer_2)
-
     @torch.no_grad()
     def encode_prompts(self, token_ids: dict[str, torch.Tensor]) -> Conditioning:
         hidden, pooled = [], None
