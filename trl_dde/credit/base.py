@@ -6,6 +6,13 @@ and the ``NoiseProcess`` that reads them (``ε̂``, ``x̂0``, the denoising targ
 which timesteps are trained (``sample_timesteps``) and how much each pair's implicit reward margin
 counts (``margin``); stateful strategies update themselves after the loss (``update``). Strategies
 register themselves in ``registry.py``.
+
+A strategy that reads the reference only through a few numbers per pair (its squared errors, say) declares
+``reference_inputs = "scalars"`` and returns them from ``reference_terms``; its ``margin`` and ``update`` then
+read them with ``reference(outputs)``. Those numbers can be computed before training in an inference-only
+pass (``precompute_ref=True``, ``reference_cache.py``), so that the training step runs no reference at all.
+Every built-in strategy does this; a strategy that reads the reference predictions themselves keeps the
+default ``reference_inputs = "tensors"`` and trains with the live reference only.
 """
 
 from __future__ import annotations
@@ -53,6 +60,11 @@ class DenoisingOutputs:
     ``pred_*`` hold the models' native outputs (``process.prediction_type``: ``ε̂``, ``v̂``, ``x̂0``, ...);
     ``eps_*`` and ``x0_hat(...)`` read them through ``process``. Without a process the predictions are
     taken to be ``ε̂``.
+
+    ``reference`` holds the reference's per-pair terms (``CreditAssigner.reference_terms``, ``Tensor[B]``
+    each) when they were computed already: from the live reference by the trainer, or read from the
+    reference cache, in which case ``pred_ref_*`` are ``None`` (no reference ran). The pre-computation pass
+    has no policy: its ``pred_w``/``pred_l`` are ``None``.
     """
 
     x0_w: torch.Tensor
@@ -61,19 +73,21 @@ class DenoisingOutputs:
     timesteps: torch.Tensor
     xt_w: torch.Tensor
     xt_l: torch.Tensor
-    pred_w: torch.Tensor
-    pred_l: torch.Tensor
-    pred_ref_w: torch.Tensor
-    pred_ref_l: torch.Tensor
+    pred_w: torch.Tensor | None
+    pred_l: torch.Tensor | None
+    pred_ref_w: torch.Tensor | None
+    pred_ref_l: torch.Tensor | None
     process: NoiseProcess | None = None
+    reference: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         batch = self.timesteps.shape[0]
-        for field in fields(self):
-            value = getattr(self, field.name)
+        values = [(field.name, getattr(self, field.name)) for field in fields(self)]
+        values += [(f"reference[{key!r}]", value) for key, value in (self.reference or {}).items()]
+        for name, value in values:
             if torch.is_tensor(value) and value.shape[0] != batch:
                 raise ValueError(
-                    f"DenoisingOutputs.{field.name} has {value.shape[0]} rows but timesteps has {batch}; "
+                    f"DenoisingOutputs.{name} has {value.shape[0]} rows but timesteps has {batch}; "
                     "every field must have one row per preference pair."
                 )
 
@@ -95,11 +109,22 @@ class DenoisingOutputs:
 
     @property
     def eps_ref_w(self) -> torch.Tensor:
-        return self._epsilon(self.pred_ref_w, self.xt_w)
+        return self._epsilon(self.reference_prediction("w"), self.xt_w)
 
     @property
     def eps_ref_l(self) -> torch.Tensor:
-        return self._epsilon(self.pred_ref_l, self.xt_l)
+        return self._epsilon(self.reference_prediction("l"), self.xt_l)
+
+    def reference_prediction(self, side: str) -> torch.Tensor:
+        """``pred_ref_w`` (``side="w"``) or ``pred_ref_l``; an error naming the cause where no reference ran."""
+        prediction = self.pred_ref_w if side == "w" else self.pred_ref_l
+        if prediction is None:
+            raise ValueError(
+                "These DenoisingOutputs carry no reference predictions: the reference's per-pair terms were "
+                "precomputed (precompute_ref=True). A strategy reads them with reference(outputs); one that needs "
+                "the predictions themselves declares reference_inputs = 'tensors' and trains with the live reference."
+            )
+        return prediction
 
 
 class CreditAssigner(nn.Module):
@@ -111,8 +136,11 @@ class CreditAssigner(nn.Module):
     ``.to(device)`` moves it.
 
     Class attributes a strategy sets to be refused clearly where it does not apply:
-    ``supported_processes`` (names of the noise processes it is derived for; ``None``: any) and
-    ``needs_x0`` (it reads ``x̂0``, which some processes cannot give at some ``τ``).
+    ``supported_processes`` (names of the noise processes it is derived for; ``None``: any),
+    ``needs_x0`` (it reads ``x̂0``, which some processes cannot give at some ``τ``) and
+    ``reference_inputs``: ``"scalars"`` if the strategy reads the reference only through the per-pair
+    terms of ``reference_terms`` (then ``precompute_ref=True`` can train it without a reference in memory),
+    ``"tensors"`` (the default) if it reads ``pred_ref_*``/``eps_ref_*`` itself.
 
     Args:
         process: the ``NoiseProcess`` the model was trained with, or its ``alphas_cumprod`` (ε-predicting
@@ -123,6 +151,7 @@ class CreditAssigner(nn.Module):
     name: str = "base"
     supported_processes: tuple[str, ...] | None = ("ddpm",)
     needs_x0: bool = False
+    reference_inputs: str = "tensors"
 
     def __init__(self, process: NoiseProcess | torch.Tensor, timestep_range: tuple[int, int] | list[int] | None = None):
         super().__init__()
@@ -203,6 +232,20 @@ class CreditAssigner(nn.Module):
     def margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
         """Implicit reward margin ``z`` of each pair (``Tensor[B]``), before ``beta``."""
         raise NotImplementedError
+
+    def reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        """What the strategy needs from the reference, per pair (``Tensor[B]`` each, fp32), computed from
+        ``pred_ref_*`` and the noised inputs only (never from the policy's predictions). Required where
+        ``reference_inputs = "scalars"``; the keys must not start with ``"mse/"`` (the trainer's own)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares reference_inputs={self.reference_inputs!r} but does not implement "
+            "reference_terms(outputs)."
+        )
+
+    def reference(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        """The reference terms of ``outputs``: those it carries (computed by the trainer or read from the reference
+        cache), else computed now from its reference predictions."""
+        return outputs.reference if outputs.reference is not None else self.reference_terms(outputs)
 
     def update(self, outputs: DenoisingOutputs) -> None:
         """Update internal state after the loss was computed (every micro-batch). Stateless strategies do nothing."""

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from ..processes.ddpm import ddim_jump_coefficients
 from .base import CreditAssigner, DenoisingOutputs, squared_error
 from .registry import register_credit
-from .uniform import check_error_space, denoising_margin
+from .uniform import check_error_space, denoising_margin, denoising_reference_terms
 
 __all__ = ["DDECredit", "DDESingleCredit", "DDEStepCredit", "SingleShot", "StepwiseCorrectedCredit"]
 
@@ -68,18 +68,22 @@ class SingleShot:
         epsilon = self.process.epsilon(prediction, x_t, timesteps)
         return self.jump_x0[timesteps].reshape(shape) * x0_hat + self.jump_eps[timesteps].reshape(shape) * epsilon
 
+    def _single_shot_errors(self, outputs: DenoisingOutputs, pred_w, pred_l) -> tuple[torch.Tensor, torch.Tensor]:
+        """Winner's and loser's ``mean((x0 - μ̂)²)`` for predictions ``pred_w``/``pred_l``."""
+        t = outputs.timesteps
+        return (squared_error(outputs.x0_w, self.single_shot_estimate(pred_w, outputs.xt_w, t)),
+                squared_error(outputs.x0_l, self.single_shot_estimate(pred_l, outputs.xt_l, t)))
+
+    def single_shot_reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        """The reference's part of ``z_single``: its single-shot errors on winner and loser."""
+        ref_w, ref_l = self._single_shot_errors(outputs, outputs.reference_prediction("w"), outputs.reference_prediction("l"))
+        return {"single_shot_ref_w": ref_w, "single_shot_ref_l": ref_l}
+
     def single_shot_margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
         """``z_single``: the winner's minus the loser's ``x0``-space log-likelihood ratio (Eq. 11's MSE terms, ½ kept)."""
-        t = outputs.timesteps
-
-        def log_ratio(x0, x_t, prediction, prediction_ref):
-            error = squared_error(x0, self.single_shot_estimate(prediction, x_t, t))
-            error_ref = squared_error(x0, self.single_shot_estimate(prediction_ref, x_t, t))
-            return -0.5 * (error - error_ref)
-
-        return log_ratio(outputs.x0_w, outputs.xt_w, outputs.pred_w, outputs.pred_ref_w) - log_ratio(
-            outputs.x0_l, outputs.xt_l, outputs.pred_l, outputs.pred_ref_l
-        )
+        reference = self.reference(outputs)
+        theta_w, theta_l = self._single_shot_errors(outputs, outputs.pred_w, outputs.pred_l)
+        return -0.5 * (theta_w - reference["single_shot_ref_w"]) + 0.5 * (theta_l - reference["single_shot_ref_l"])
 
 
 @register_credit("dde-single")
@@ -88,10 +92,14 @@ class DDESingleCredit(SingleShot, CreditAssigner):
 
     supported_processes = None
     needs_x0 = True
+    reference_inputs = "scalars"
 
     def __init__(self, process, timestep_range=None, alpha_bar_0: str = "one"):
         super().__init__(process, timestep_range)
         self._init_single_shot(alpha_bar_0)
+
+    def reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        return self.single_shot_reference_terms(outputs)
 
     def margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
         return self.single_shot_margin(outputs)
@@ -113,6 +121,7 @@ class StepwiseCorrectedCredit(CreditAssigner):
 
     supported_processes = None  # any process that defines transition_x0_error_coefficient
     needs_x0 = True
+    reference_inputs = "scalars"
 
     def __init__(
         self,
@@ -137,6 +146,18 @@ class StepwiseCorrectedCredit(CreditAssigner):
     def base_margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
         raise NotImplementedError
 
+    def base_reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        """The reference terms ``base_margin`` reads."""
+        raise NotImplementedError
+
+    def reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        """``base_reference_terms`` plus the reference rows of ``step_values`` (``red((x̂0_ref - x0)²)``, winner
+        and loser, before the coefficient)."""
+        t, reduction = outputs.timesteps, self.correction_reduction
+        step_w = squared_error(self.process.x0(outputs.reference_prediction("w"), outputs.xt_w, t), outputs.x0_w, reduction)
+        step_l = squared_error(self.process.x0(outputs.reference_prediction("l"), outputs.xt_l, t), outputs.x0_l, reduction)
+        return {**self.base_reference_terms(outputs), "step_ref_w": step_w, "step_ref_l": step_l}
+
     def corrections(self) -> torch.Tensor:
         """``C(τ) = Σ_{k=τ+1}^{T-1} D[k]`` for every ``τ`` (a suffix sum of the current arrays)."""
         theta_w, ref_w, theta_l, ref_l = self.ratios
@@ -152,15 +173,16 @@ class StepwiseCorrectedCredit(CreditAssigner):
 
     def step_values(self, outputs: DenoisingOutputs) -> torch.Tensor:
         """``½·c[τ]·red((x̂0_m - x0)²)`` per pair for the four arrays, ``[4, B]`` (``c`` the process's
-        ``transition_x0_error_coefficient``, ``ā[τ-1]b²/(1-ā)²`` for DDPM)."""
+        ``transition_x0_error_coefficient``, ``ā[τ-1]b²/(1-ā)²`` for DDPM); the reference rows come from
+        ``reference(outputs)``."""
         process, t, reduction = self.process, outputs.timesteps, self.correction_reduction
-        estimates = [
-            (outputs.x0_w, process.x0(outputs.pred_w, outputs.xt_w, t)),
-            (outputs.x0_w, process.x0(outputs.pred_ref_w, outputs.xt_w, t)),
-            (outputs.x0_l, process.x0(outputs.pred_l, outputs.xt_l, t)),
-            (outputs.x0_l, process.x0(outputs.pred_ref_l, outputs.xt_l, t)),
-        ]
-        errors = torch.stack([squared_error(x0_hat, x0, reduction) for x0, x0_hat in estimates]).detach()
+        reference = self.reference(outputs)
+        errors = torch.stack([
+            squared_error(process.x0(outputs.pred_w, outputs.xt_w, t), outputs.x0_w, reduction),
+            reference["step_ref_w"],
+            squared_error(process.x0(outputs.pred_l, outputs.xt_l, t), outputs.x0_l, reduction),
+            reference["step_ref_l"],
+        ]).detach()
         return 0.5 * self.error_coefficient[t] * errors
 
     @torch.no_grad()
@@ -209,8 +231,11 @@ class DDEStepCredit(StepwiseCorrectedCredit):
         super().__init__(process, timestep_range, momentum, correction_reduction, update_cadence)
         self.error_space = check_error_space(error_space, self.process)
 
+    def base_reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        return denoising_reference_terms(outputs, self.error_space)
+
     def base_margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
-        return denoising_margin(outputs, self.error_space)
+        return denoising_margin(outputs, self.error_space, self.reference(outputs))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, error_space={self.error_space!r}"
@@ -224,6 +249,9 @@ class DDECredit(SingleShot, StepwiseCorrectedCredit):
                  correction_reduction: str = "sum", update_cadence: str = "micro_batch"):
         super().__init__(process, timestep_range, momentum, correction_reduction, update_cadence)
         self._init_single_shot(alpha_bar_0)
+
+    def base_reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        return self.single_shot_reference_terms(outputs)
 
     def base_margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
         return self.single_shot_margin(outputs)

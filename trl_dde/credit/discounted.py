@@ -14,7 +14,7 @@ import torch
 
 from .base import CreditAssigner, DenoisingOutputs
 from .registry import register_credit
-from .uniform import check_error_space, denoising_margin
+from .uniform import check_error_space, denoising_margin, denoising_reference_terms
 
 __all__ = ["DiscountedCredit"]
 
@@ -24,6 +24,7 @@ class DiscountedCredit(CreditAssigner):
     """Dense-reward discounting ``γ^k`` as a sampling distribution (``mode="sample"``) or a margin weight."""
 
     supported_processes = None
+    reference_inputs = "scalars"
 
     def __init__(
         self,
@@ -55,8 +56,11 @@ class DiscountedCredit(CreditAssigner):
             return self.discounts.double().cpu() * self.process.timestep_weights()
         return self.process.timestep_weights()
 
+    def reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        return denoising_reference_terms(outputs, self.error_space)
+
     def margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
-        z = denoising_margin(outputs, self.error_space)
+        z = denoising_margin(outputs, self.error_space, self.reference(outputs))
         if self.mode == "weight":
             z = z * self.margin_weights[outputs.timesteps]
         return z

@@ -23,25 +23,48 @@ import torch
 from .base import CreditAssigner, DenoisingOutputs, squared_error
 from .registry import register_credit
 
-__all__ = ["ERROR_SPACES", "UniformCredit", "denoising_margin", "epsilon_margin"]
+__all__ = ["ERROR_SPACES", "UniformCredit", "denoising_margin", "denoising_reference_terms", "epsilon_margin"]
 
 ERROR_SPACES = ("epsilon", "prediction")
 
 
-def denoising_margin(outputs: DenoisingOutputs, error_space: str = "epsilon") -> torch.Tensor:
-    """Uniform's ``z``: winner's minus loser's denoising log-likelihood ratio (½ convention) in ``error_space``."""
+def _targets(outputs: DenoisingOutputs, error_space: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """What winner and loser predictions are compared with in ``error_space``."""
     if error_space == "epsilon":
-        target = outputs.noise
-        errors = [squared_error(p, target) for p in (outputs.eps_w, outputs.eps_ref_w, outputs.eps_l, outputs.eps_ref_l)]
-    elif error_space == "prediction":
+        return outputs.noise, outputs.noise
+    if error_space == "prediction":
         process, t = outputs.process, outputs.timesteps
-        target_w = outputs.noise if process is None else process.target(outputs.x0_w, outputs.noise, t)
-        target_l = outputs.noise if process is None else process.target(outputs.x0_l, outputs.noise, t)
-        errors = [squared_error(outputs.pred_w, target_w), squared_error(outputs.pred_ref_w, target_w),
-                  squared_error(outputs.pred_l, target_l), squared_error(outputs.pred_ref_l, target_l)]
-    else:
-        raise ValueError(f"error_space must be one of {list(ERROR_SPACES)}, got {error_space!r}.")
-    theta_w, ref_w, theta_l, ref_l = errors
+        if process is None:
+            return outputs.noise, outputs.noise
+        return process.target(outputs.x0_w, outputs.noise, t), process.target(outputs.x0_l, outputs.noise, t)
+    raise ValueError(f"error_space must be one of {list(ERROR_SPACES)}, got {error_space!r}.")
+
+
+def _errors(outputs: DenoisingOutputs, error_space: str, predictions: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Winner's and loser's squared errors of ``predictions`` (native outputs) in ``error_space``."""
+    target_w, target_l = _targets(outputs, error_space)
+    pred_w, pred_l = predictions
+    if error_space == "epsilon":
+        pred_w, pred_l = outputs._epsilon(pred_w, outputs.xt_w), outputs._epsilon(pred_l, outputs.xt_l)
+    return squared_error(pred_w, target_w), squared_error(pred_l, target_l)
+
+
+def denoising_reference_terms(outputs: DenoisingOutputs, error_space: str = "epsilon") -> dict[str, torch.Tensor]:
+    """The reference's part of uniform's margin: its squared errors on winner and loser in ``error_space``."""
+    ref_w, ref_l = _errors(outputs, error_space, (outputs.reference_prediction("w"), outputs.reference_prediction("l")))
+    return {f"error_ref_w/{error_space}": ref_w, f"error_ref_l/{error_space}": ref_l}
+
+
+def denoising_margin(outputs: DenoisingOutputs, error_space: str = "epsilon",
+                     reference: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Uniform's ``z``: winner's minus loser's denoising log-likelihood ratio (½ convention) in ``error_space``.
+
+    ``reference``: the reference's terms (``denoising_reference_terms``, e.g. ``CreditAssigner.reference(outputs)``);
+    default: computed from the reference predictions."""
+    if reference is None:
+        reference = denoising_reference_terms(outputs, error_space)
+    theta_w, theta_l = _errors(outputs, error_space, (outputs.pred_w, outputs.pred_l))
+    ref_w, ref_l = reference[f"error_ref_w/{error_space}"], reference[f"error_ref_l/{error_space}"]
     z = -0.5 * ((theta_w - ref_w) - (theta_l - ref_l))
     return z if outputs.process is None else z * outputs.process.loss_weights[outputs.timesteps]
 
@@ -69,13 +92,17 @@ class UniformCredit(CreditAssigner):
     """
 
     supported_processes = None
+    reference_inputs = "scalars"
 
     def __init__(self, process, timestep_range=None, error_space: str | None = None):
         super().__init__(process, timestep_range)
         self.error_space = check_error_space(error_space, self.process)
 
+    def reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        return denoising_reference_terms(outputs, self.error_space)
+
     def margin(self, outputs: DenoisingOutputs) -> torch.Tensor:
-        return denoising_margin(outputs, self.error_space)
+        return denoising_margin(outputs, self.error_space, self.reference(outputs))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, error_space={self.error_space!r}"

@@ -152,6 +152,7 @@ class GradientProbe(CreditAssigner):
         super().__init__(credit.process, credit.timestep_range)
         self.credit = credit
         self.name = credit.name
+        self.reference_inputs = credit.reference_inputs
         self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def timestep_weights(self) -> torch.Tensor:
@@ -172,6 +173,9 @@ class GradientProbe(CreditAssigner):
             tensor.register_hook(lambda grad: self._records.append(
                 (timesteps, grad.detach().float().abs().flatten(1).mean(1).cpu() * batch)))
         return self.credit.margin(dataclasses.replace(outputs, **watched))
+
+    def reference_terms(self, outputs: DenoisingOutputs) -> dict[str, torch.Tensor]:
+        return self.credit.reference_terms(outputs)
 
     def update(self, outputs: DenoisingOutputs) -> None:
         self.credit.update(outputs)
