@@ -60,6 +60,11 @@ class DDEConfig(TrainingArguments):
         precompute_latents (`bool`): encode images and prompts once before training (see `docs/data.md`), with
             `precompute_flip`, `precompute_vae` (`sample`/`mean`), `precompute_dtype`, `precompute_batch_size`,
             `precompute_cache_dir`.
+        pair_seeded_draws (`bool`): each pair's timestep, noise and posterior sample from generators seeded by
+            `(seed, epoch, pair index)` (`trl_dde/draws.py`); map-style datasets only.
+        precompute_ref (`bool`): the reference's per-pair terms computed for every epoch before training
+            (`docs/architecture.md`, "Training without the reference"), with `precompute_ref_batch_size` and
+            `precompute_ref_cache_dir`; implies `pair_seeded_draws`.
         caption_column, image_0_column, image_1_column, label_0_column: Pick-a-Pic v2 column names.
         prompt_column, chosen_column, rejected_column: paired-schema column names.
         images_column, ranks_column, ranked_pairs: the ranked layout (one prompt, ranked images → pairs:
@@ -184,6 +189,28 @@ class DDEConfig(TrainingArguments):
     precompute_batch_size: int = field(default=16, metadata={"help": "Batch size of the encoding pass."})
     precompute_cache_dir: str | None = field(
         default=None, metadata={"help": "Where cache files go (default: the datasets cache, subfolder trl-dde)."}
+    )
+    pair_seeded_draws: bool = field(
+        default=False,
+        metadata={"help": "Draw each pair's timestep, noise and VAE posterior sample from its own generator seeded by "
+                          "(seed, epoch, pair index): independent of batch composition, shuffling, processes and "
+                          "resume. Map-style datasets only; implied by precompute_ref."},
+    )
+    precompute_ref: bool = field(
+        default=False,
+        metadata={"help": "Compute the reference's per-pair terms for every epoch in an inference-only pass before "
+                          "training and train without a reference forward (full fine-tuning: no reference copy in "
+                          "memory). The losses equal the live reference's with pair_seeded_draws. Needs a strategy "
+                          "with reference_inputs='scalars' (every built-in) and no eval_dataset."},
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Pairs per batch of the reference pass (default: per_device_train_batch_size, which gives "
+                          "the training step's rounding; a larger batch is faster and equal up to rounding)."},
+    )
+    precompute_ref_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the reference cache goes (default: the datasets cache, subfolder trl-dde/reference)."},
     )
     caption_column: str = field(default="caption", metadata={"help": "Pick-a-Pic schema: prompt column."})
     image_0_column: str = field(default="jpg_0", metadata={"help": "Pick-a-Pic schema: first image column."})
@@ -337,6 +364,23 @@ class DDEConfig(TrainingArguments):
         if self.precompute_latents and self.random_flip and not self.precompute_flip:
             raise ValueError("random_flip with precompute_latents needs the mirrored images cached too: set "
                              "precompute_flip=True (twice the image cache), or random_flip=False.")
+        self._check_precompute_ref()
+
+    def _check_precompute_ref(self) -> None:
+        """``precompute_ref``: a loss that uses the reference, a strategy that needs only its per-pair terms."""
+        if not self.precompute_ref:
+            return
+        self.pair_seeded_draws = True  # the pass and the step must draw the same values
+        if self.loss_type == "sft":
+            raise ValueError("DDEConfig.precompute_ref=True with loss_type='sft': the SFT loss uses no reference. "
+                             "Set precompute_ref=False.")
+        if self.precompute_ref_batch_size is not None and not (
+                isinstance(self.precompute_ref_batch_size, int) and self.precompute_ref_batch_size >= 1):
+            raise ValueError(f"DDEConfig.precompute_ref_batch_size must be a positive integer, got "
+                             f"{self.precompute_ref_batch_size!r}.")
+        from .credit import resolve_credit_class
+
+        check_reference_inputs(resolve_credit_class(self.credit))
 
     def _check_validation_arguments(self) -> None:
         """The ``validation_*`` fields: sizes, a known scorer, and a parallelism that keeps the UNet whole."""
@@ -392,3 +436,17 @@ class DDEConfig(TrainingArguments):
             if name not in installed:
                 raise ValueError(f"DDEConfig.report_to={name!r}: {name} is not installed. Install it or set "
                                  "report_to='none'.")
+
+
+def check_reference_inputs(credit) -> None:
+    """Refuse, for ``precompute_ref``, a strategy (class or instance) that reads the reference predictions."""
+    if getattr(credit, "reference_inputs", "tensors") != "scalars":
+        name = getattr(credit, "name", type(credit).__name__)
+        raise ValueError(
+            f"precompute_ref=True cannot train the credit strategy {name!r}: it declares reference_inputs="
+            f"{getattr(credit, 'reference_inputs', None)!r}, i.e. its margin reads the reference's predictions, and the "
+            "reference cache stores only per-pair terms. Implement reference_terms(outputs) returning the per-pair "
+            "reference values (Tensor[B] each) the strategy needs, read them in margin/update with "
+            "self.reference(outputs), and set reference_inputs = 'scalars' (docs/credit_strategies.md); or set "
+            "precompute_ref=False."
+        )

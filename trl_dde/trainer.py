@@ -5,8 +5,11 @@ One training step (``compute_loss``) is the paper's Algorithm 1 for a batch of `
 1. the clean latents and conditioning of winners and losers (the batch source: encoded now, or read from
    the precomputed cache);
 2. one timestep ``τ`` per pair, drawn by the credit strategy, and one noise ``ε`` per pair, shared by winner
-   and loser, give ``x_τ`` (the noise process);
-3. the policy runs once and the reference once on ``[winners; losers]`` (the model family);
+   and loser, give ``x_τ`` (the noise process); from the process's random stream, or per pair from
+   ``(seed, epoch, pair index)`` (``pair_seeded_draws``, ``draws.py``);
+3. the policy runs once and the reference once on ``[winners; losers]`` (the model family); with
+   ``precompute_ref`` the reference's per-pair terms are read from the reference cache instead
+   (``reference_cache.py``, filled by an inference-only pass at the start of ``train``);
 4. the strategy turns both predictions into each pair's margin ``z``, and ``z`` into the loss;
 5. the strategy updates its state (dde's EMA arrays).
 
@@ -18,12 +21,14 @@ construction in the order that fails fast, metrics, saving and exact resume.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import safetensors.torch
 import torch
 from accelerate.utils import set_seed
 from datasets import Dataset, IterableDataset
+from datasets import config as datasets_config
 from datasets.distributed import split_dataset_by_node
 from diffusers import DiffusionPipeline
 from transformers import Trainer, TrainerCallback
@@ -38,10 +43,12 @@ from .checkpoints import (
     remove_incomplete_checkpoints,
     without_secrets,
 )
-from .config import DDEConfig
+from .config import DDEConfig, check_reference_inputs
 from .credit import CreditAssigner, DenoisingOutputs, get_credit
 from .credit.base import squared_error
 from .data import (
+    PAIR_EPOCH,
+    PAIR_INDEX,
     CachedBatches,
     CachedPairCollator,
     OnTheFlyBatches,
@@ -51,6 +58,8 @@ from .data import (
     precompute_preference_dataset,
     prepare_preference_dataset,
 )
+from .data.precompute import weights_hash
+from .draws import PairDraws
 from .evaluation.callback import ValidationCallback
 from .families import cast_module, family_class_for, load_pipeline, scheduler_config_of, unwrap_model
 from .losses import preference_loss
@@ -58,6 +67,7 @@ from .metrics import StepMetrics
 from .preflight import check_8bit_optimizer, check_lora_targets, check_resolution
 from .processes import NoiseProcess
 from .reference import AdapterSwitch, build_reference, prepare_reference
+from .reference_cache import ReferenceCache, build_reference_cache, cache_key, reference_scalars
 
 __all__ = ["DDEDiffusionTrainer"]
 
@@ -108,7 +118,9 @@ class DDEDiffusionTrainer(Trainer):
             pipeline instance. The trained module (``trainer.model``) is its denoiser (the UNet); the VAE and
             text encoders are frozen.
         ref_model: reference denoiser for full fine-tuning (instance, folder or hub id); default a frozen copy.
-            Not allowed with ``peft_config``: the LoRA reference is the denoiser with adapters disabled.
+            Not allowed with ``peft_config``: the LoRA reference is the denoiser with adapters disabled. With
+            ``args.precompute_ref`` no copy is made: the reference pass runs ``ref_model`` (loaded for the pass
+            only) or the denoiser before training.
         args: a ``DDEConfig``.
         train_dataset / eval_dataset: preference pairs (Pick-a-Pic v2 or ``prompt``/``chosen``/``rejected``),
             map-style or streaming.
@@ -151,6 +163,14 @@ class DDEDiffusionTrainer(Trainer):
         check_resolution(args.resolution, family_class, model, revision=args.model_revision)
         self.credit = build_credit(credit, process, args)
         self.process = self.credit.process
+        if args.precompute_ref:
+            check_reference_inputs(self.credit)
+            if eval_dataset is not None:
+                raise ValueError("precompute_ref=True keeps no reference for evaluation (its terms are precomputed for "
+                                 "the training pairs only). Pass no eval_dataset, or set precompute_ref=False.")
+        if args.pair_seeded_draws and isinstance(train_dataset, IterableDataset):
+            raise ValueError("pair_seeded_draws (implied by precompute_ref) seeds each pair by its index, which a "
+                             "streamed dataset does not have. Load the data without streaming, or set both to False.")
         with args.main_process_first(desc="preparing the preference data"):
             train = prepare_preference_dataset(train_dataset, args, "train")
             evaluation = prepare_preference_dataset(eval_dataset, args, "eval") if eval_dataset is not None else None
@@ -172,8 +192,13 @@ class DDEDiffusionTrainer(Trainer):
         for module, dtype in frozen:
             cast_module(module.requires_grad_(False), dtype, args.device).eval()
         denoiser = self.family.prepare_denoiser(peft_config, self.weight_dtype)
-        self.ref_model = build_reference(self.family, ref_model, peft_config)
-        self.reference_adapters = AdapterSwitch(denoiser) if self.ref_model is None else None  # the LoRA reference
+        self.reference_adapters = AdapterSwitch(denoiser) if peft_config is not None else None  # the LoRA reference
+        # full fine-tuning: the frozen reference, or with precompute_ref none at all (the pass at the start of
+        # train() runs the given ref_model, loaded then, or the denoiser before training)
+        self.ref_model = None if args.precompute_ref else build_reference(self.family, ref_model, peft_config)
+        self._pass_reference = ref_model if args.precompute_ref else None
+        self.reference_cache: ReferenceCache | None = None
+        self.draws = PairDraws(args.seed, self.credit, args.device) if args.pair_seeded_draws else None
         if args.activation_checkpointing:
             denoiser.enable_gradient_checkpointing()
             # transformers' train() calls `model.activation_checkpointing_enable()`, which diffusers models
@@ -192,7 +217,7 @@ class DDEDiffusionTrainer(Trainer):
         self.metrics = StepMetrics(self.accelerator.device)
         if self.ref_model is not None:
             self.ref_model = prepare_reference(self.ref_model, self.accelerator)
-        if self.accelerator.num_processes > 1:
+        if self.accelerator.num_processes > 1 and self.draws is None:
             # transformers seeds every rank alike, so ranks would draw the same noise and timesteps; give each
             # its own stream (checkpointed per rank). Data order stays shared: accelerate syncs the sampler.
             set_seed(args.seed, device_specific=True)
@@ -259,14 +284,22 @@ class DDEDiffusionTrainer(Trainer):
         if mode == "train":
             self.metrics.count("ties_dropped", inputs["num_ties"])
             self.metrics.count("corrupt_skipped", inputs["num_corrupt"])
-        batch = self.batches(inputs, generator)  # 1. latents and conditioning
-        latents = batch.x0_w
-        timesteps = self.credit.sample_timesteps(batch.size, device=latents.device, generator=generator)  # 2.
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        reference = None
+        if self.draws is not None and model.training:  # 1.-2. per pair, from (seed, epoch, pair index)
+            indices, epochs = inputs[PAIR_INDEX], inputs[PAIR_EPOCH]
+            batch = self.batches(inputs, self.draws.latent_generators(indices, epochs))
+            timesteps, noise = self.draws.timesteps_and_noise(indices, epochs, batch.x0_w)
+            if self.reference_cache is not None:
+                reference = self.reference_cache.lookup(indices, epochs, batch.x0_w.device)
+        else:
+            batch = self.batches(inputs, generator)  # 1. latents and conditioning
+            latents = batch.x0_w
+            timesteps = self.credit.sample_timesteps(batch.size, device=latents.device, generator=generator)  # 2.
+            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         if self.args.loss_type == "sft":
             loss = self._sft_loss(model, batch, noise, timesteps, mode)
         else:
-            outputs = self._denoise(model, batch, noise, timesteps)  # 3.
+            outputs = self._denoise(model, batch, noise, timesteps, reference)  # 3.
             z = self.credit.margin(outputs)  # 4.
             loss = preference_loss(z, batch.preference, self.args.beta, self.args.loss_type).mean()
             if model.training:
@@ -274,24 +307,42 @@ class DDEDiffusionTrainer(Trainer):
             self._record(mode, outputs, z, loss)
         return (loss, {}) if return_outputs else loss
 
-    def _denoise(self, model, batch, noise: torch.Tensor, timesteps: torch.Tensor) -> DenoisingOutputs:
-        """Noise winners and losers alike, then run the policy and the reference once each on both."""
-        process, family, conditioning = self.process, self.family, batch.conditioning
-        x_t = process.add_noise(torch.cat([batch.x0_w, batch.x0_l]), torch.cat([noise, noise]), torch.cat([timesteps, timesteps]))
-        model_time = process.model_timesteps(torch.cat([timesteps, timesteps]))
-        prediction = family.predict(model, x_t, model_time, conditioning)
-        with torch.no_grad():
-            if self.ref_model is None:
-                with self.reference_adapters.disabled():
-                    reference = family.predict(model, x_t, model_time, conditioning)
-            else:
-                if self.ref_model.training != model.training:
-                    # the policy's mode: identical weights then give identical outputs (train mode changes no value in
-                    # a denoiser without active dropout, but it does change kernel paths and so the rounding)
-                    self.ref_model.train(model.training)
-                reference = family.predict(self.ref_model, x_t, model_time, conditioning)
-        (xt_w, xt_l), (pred_w, pred_l), (ref_w, ref_l) = x_t.chunk(2), prediction.chunk(2), reference.chunk(2)
-        return DenoisingOutputs(batch.x0_w, batch.x0_l, noise, timesteps, xt_w, xt_l, pred_w, pred_l, ref_w, ref_l, process)
+    def _denoise(self, model, batch, noise: torch.Tensor, timesteps: torch.Tensor,
+                 reference: dict[str, torch.Tensor] | None = None) -> DenoisingOutputs:
+        """Noise winners and losers alike, then run the policy once on both, and the reference too unless its
+        per-pair terms are given (``reference``, from the reference cache); ``outputs.reference`` holds them."""
+        x_t, model_time = self._noised(batch, noise, timesteps)
+        prediction = self.family.predict(model, x_t, model_time, batch.conditioning)
+        (xt_w, xt_l), (pred_w, pred_l) = x_t.chunk(2), prediction.chunk(2)
+        ref_w = ref_l = None
+        if reference is None:
+            ref_w, ref_l = self._reference_predict(model, x_t, model_time, batch.conditioning).chunk(2)
+        outputs = DenoisingOutputs(batch.x0_w, batch.x0_l, noise, timesteps, xt_w, xt_l, pred_w, pred_l, ref_w, ref_l,
+                                   self.process, reference)
+        if reference is None:
+            outputs.reference = reference_scalars(self.credit, outputs)
+        return outputs
+
+    def _noised(self, batch, noise: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_τ`` of ``[winners; losers]`` (one noise per pair, shared) and the model times of both."""
+        twice = torch.cat([timesteps, timesteps])
+        x_t = self.process.add_noise(torch.cat([batch.x0_w, batch.x0_l]), torch.cat([noise, noise]), twice)
+        return x_t, self.process.model_timesteps(twice)
+
+    @torch.no_grad()
+    def _reference_predict(self, model, x_t: torch.Tensor, model_time: torch.Tensor, conditioning) -> torch.Tensor:
+        """The reference's prediction: ``model`` with its LoRA adapters disabled, or the frozen ``ref_model``."""
+        if self.reference_adapters is not None:
+            with self.reference_adapters.disabled():
+                return self.family.predict(model, x_t, model_time, conditioning)
+        if self.ref_model is None:
+            raise RuntimeError("precompute_ref=True: this trainer holds no reference model; its terms are computed by "
+                               "train() before the first step, and only training steps read them.")
+        if self.ref_model.training != model.training:
+            # the policy's mode: identical weights then give identical outputs (train mode changes no value in
+            # a denoiser without active dropout, but it does change kernel paths and so the rounding)
+            self.ref_model.train(model.training)
+        return self.family.predict(self.ref_model, x_t, model_time, conditioning)
 
     def _sft_loss(self, model, batch, noise, timesteps, mode):
         """The paper's SFT baseline: the plain denoising loss (in the model's own target, with the process's
@@ -315,13 +366,13 @@ class DDEDiffusionTrainer(Trainer):
             "beta_margin": self.args.beta * z,
             "mse/policy_chosen": squared_error(outputs.eps_w.detach(), noise),
             "mse/policy_rejected": squared_error(outputs.eps_l.detach(), noise),
-            "mse/ref_chosen": squared_error(outputs.eps_ref_w, noise),
-            "mse/ref_rejected": squared_error(outputs.eps_ref_l, noise),
+            "mse/ref_chosen": outputs.reference["mse/ref_chosen"],
+            "mse/ref_rejected": outputs.reference["mse/ref_rejected"],
             "timestep": outputs.timesteps,
             **{f"credit/{key}": value for key, value in self.credit.pair_metrics().items()},
         })
-        self.metrics.watch(self.state.global_step + 1, reference=outputs.pred_ref_w, policy=outputs.pred_w,
-                           margin=z, loss=loss)
+        self.metrics.watch(self.state.global_step + 1, reference=torch.stack(list(outputs.reference.values())),
+                           policy=outputs.pred_w, margin=z, loss=loss)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation computes the same loss (no labels, no logits); ``eval_*`` metrics are logged."""
@@ -423,7 +474,80 @@ class DDEDiffusionTrainer(Trainer):
         if resume_from_checkpoint:
             # here rather than in _load_from_checkpoint, which transformers skips under DeepSpeed and FSDP
             self._load_credit_state(resume_from_checkpoint)
+        if self.args.precompute_ref and self.reference_cache is None:
+            # before super().train() loads a checkpoint's weights: the model is still the one the run started from
+            self.reference_cache = self._precompute_reference()
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _planned_epochs(self) -> int:
+        """How many epochs ``train`` will start (transformers' count, from the dataloader length per process)."""
+        args = self.args
+        per_process = math.ceil(len(self.train_dataset) / args.world_size)
+        batches = (per_process // self._train_batch_size if args.dataloader_drop_last
+                   else math.ceil(per_process / self._train_batch_size))
+        steps_per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+        max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+        return math.ceil(max_steps / steps_per_epoch)
+
+    def _reference_cache_key(self, reference: torch.nn.Module) -> tuple[str, dict]:
+        """The cache folder's key and a description: everything the reference terms depend on."""
+        args, process = self.args, self.process
+        tables = torch.stack([process.signal.float().cpu(), process.noise_scale.float().cpu()])
+        description = {
+            "reference_weights": weights_hash([reference], skip="lora_"),
+            "encoder_weights": weights_hash([self.family.vae, *self.family.text_encoders]),
+            "data": getattr(self.train_dataset.dataset, "_fingerprint", None), "num_pairs": len(self.train_dataset),
+            "seed": args.seed, "credit": f"{self.credit.name}({self.credit.extra_repr()})",
+            "sampling": cache_key(self.credit.sampling_probabilities().tolist()),
+            "process": f"{type(process).__name__}/{process.prediction_type}/{cache_key(tables.tolist())}",
+            "data_options": [args.resolution, args.random_crop, args.random_flip, args.precompute_latents,
+                             args.precompute_vae, args.precompute_flip, args.precompute_dtype, args.vae],
+            "dtype": str(self.weight_dtype), "mixed_precision": [args.bf16, args.fp16],
+        }
+        if description["data"] is None:
+            raise ValueError("precompute_ref needs a datasets.Dataset (its fingerprint keys the reference cache).")
+        return cache_key(description), description
+
+    def _precompute_reference(self) -> ReferenceCache:
+        """The inference-only pass: the reference's terms of every training pair for every planned epoch, read from
+        the cache or computed (this process's shards) and stored there. Full fine-tuning loads a given
+        ``ref_model`` for the pass only; without one the reference is the denoiser as it is now."""
+        args, model, dataset = self.args, self.model, self.train_dataset
+        reference = model
+        if self.reference_adapters is None and self._pass_reference is not None:
+            reference = build_reference(self.family, self._pass_reference, None).to(args.device)
+        key, description = self._reference_cache_key(reference)
+        root = args.precompute_ref_cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "trl-dde", "reference")
+        was_training, epoch = model.training, dataset.epoch
+        model.train()  # the mode of the training step, so that the reference's rounding is the same
+
+        def compute(indices: list[int], pass_epoch: int) -> dict[str, torch.Tensor]:
+            dataset.set_epoch(pass_epoch)
+            inputs = self._prepare_inputs(self.data_collator([dataset[index] for index in indices]))
+            epochs = [pass_epoch] * len(indices)
+            with torch.no_grad(), self.accelerator.autocast():
+                batch = self.batches(inputs, self.draws.latent_generators(indices, epochs))
+                timesteps, noise = self.draws.timesteps_and_noise(indices, epochs, batch.x0_w)
+                x_t, model_time = self._noised(batch, noise, timesteps)
+                (xt_w, xt_l), (ref_w, ref_l) = x_t.chunk(2), self._reference_predict(
+                    model, x_t, model_time, batch.conditioning).chunk(2)
+                outputs = DenoisingOutputs(batch.x0_w, batch.x0_l, noise, timesteps, xt_w, xt_l, None, None, ref_w,
+                                           ref_l, self.process)
+                return reference_scalars(self.credit, outputs)
+
+        self.ref_model = reference if self.reference_adapters is None else None  # what _reference_predict runs
+        try:
+            return build_reference_cache(
+                os.path.join(root, key), len(dataset), self._planned_epochs(),
+                args.precompute_ref_batch_size or args.per_device_train_batch_size, compute,
+                process_index=args.process_index, num_processes=args.world_size,
+                wait_for_everyone=self.accelerator.wait_for_everyone, description=description,
+                progress=self.is_world_process_zero() and not args.disable_tqdm,
+            )
+        finally:
+            self.ref_model, self._pass_reference = None, None
+            model.train(was_training)
+            dataset.set_epoch(epoch)
 
     def _load_credit_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, CREDIT_STATE_NAME)

@@ -1,10 +1,12 @@
 """Preference data: schemas, preparation (filtering in the dataset), images, collation, precompute and batch sources."""
 
-from .collate import PreferenceCollator
+from .collate import PreferenceCollator, pair_positions
 from .images import augmentation_seed, draw_augmentation, image_error, load_image, paired_transform
 from .precompute import CachedPairCollator, PrecomputedData, precompute_preference_dataset
 from .prepare import (
     AUGMENTATION_SEED,
+    PAIR_EPOCH,
+    PAIR_INDEX,
     PreferencePairs,
     PreferenceStream,
     PreparedData,
@@ -16,6 +18,8 @@ from .sources import CachedBatches, OnTheFlyBatches, PairBatch, sample_latents
 
 __all__ = [
     "AUGMENTATION_SEED",
+    "PAIR_EPOCH",
+    "PAIR_INDEX",
     "TIE",
     "CachedBatches",
     "CachedPairCollator",
@@ -32,6 +36,7 @@ __all__ = [
     "draw_augmentation",
     "image_error",
     "load_image",
+    "pair_positions",
     "paired_transform",
     "precompute_preference_dataset",
     "prepare_preference_dataset",

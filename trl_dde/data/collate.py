@@ -14,17 +14,26 @@ from typing import Callable
 import torch
 
 from .images import draw_augmentation, load_image, paired_transform
-from .prepare import AUGMENTATION_SEED, SKIPPED_CORRUPT, SKIPPED_TIES
+from .prepare import AUGMENTATION_SEED, PAIR_EPOCH, PAIR_INDEX, SKIPPED_CORRUPT, SKIPPED_TIES
 from .schema import PreferenceSchema
 
-__all__ = ["PreferenceCollator"]
+__all__ = ["PreferenceCollator", "pair_positions"]
+
+
+def pair_positions(rows: list[dict]) -> dict[str, list[int]]:
+    """``pair_index``/``pair_epoch`` of the rows as host lists (they seed the per-pair draws on the host, see
+    ``draws.py``), when the rows carry them (training rows from ``PreferencePairs``); else nothing."""
+    if not rows or PAIR_INDEX not in rows[0]:
+        return {}
+    return {PAIR_INDEX: [int(row[PAIR_INDEX]) for row in rows], PAIR_EPOCH: [int(row[PAIR_EPOCH]) for row in rows]}
 
 
 @dataclass
 class PreferenceCollator:
     """Batches ``pixel_values_w``/``pixel_values_l`` ``[B, 3, R, R]`` in ``[-1, 1]``, token ids (one key per
     tokenizer: ``input_ids``, ``input_ids_2``, ...) ``[B, L]``, ``crop_info_w``/``crop_info_l`` ``[B, 6]``,
-    ``preference`` ``[B]`` (1.0 decided, 0.5 kept tie) and the skip counters ``num_ties``/``num_corrupt``.
+    ``preference`` ``[B]`` (1.0 decided, 0.5 kept tie), the skip counters ``num_ties``/``num_corrupt`` and,
+    for training rows, ``pair_positions``.
 
     Rows with an augmentation seed are cropped/flipped by it (``random_crop``/``random_flip``); rows without
     one (evaluation) are centre-cropped.
@@ -68,4 +77,5 @@ class PreferenceCollator:
             "preference": torch.tensor(preferences, dtype=torch.float32),
             "num_ties": torch.tensor(sum(row.get(SKIPPED_TIES, 0) for row in rows)),
             "num_corrupt": torch.tensor(sum(row.get(SKIPPED_CORRUPT, 0) for row in rows)),
+            **pair_positions(rows),
         }

@@ -36,11 +36,11 @@ import torch
 from datasets import Array3D, Dataset, Features, List, Value
 
 from ..families import ModelFamily
-from .collate import PreferenceCollator
+from .collate import PreferenceCollator, pair_positions
 from .images import paired_transform
 from .prepare import AUGMENTATION_SEED
 
-__all__ = ["CachedPairCollator", "PrecomputedData", "precompute_preference_dataset"]
+__all__ = ["CachedPairCollator", "PrecomputedData", "precompute_preference_dataset", "weights_hash"]
 
 CACHE_VERSION = "3"  # 3: posteriors stored as fixed-shape Array3D columns (read 2-3x faster than nested lists)
 
@@ -59,11 +59,14 @@ def _cached_map(dataset: Dataset, function, cache_file_name: str, **kwargs) -> D
         return dataset.map(function, cache_file_name=cache_file_name, **kwargs)
 
 
-def _weights_hash(modules) -> str:
-    """A digest of every weight of ``modules``: the cache key follows the model, not its name."""
+def weights_hash(modules, skip: str | None = None) -> str:
+    """A digest of every weight of ``modules`` (but those whose name contains ``skip``): a cache key follows the
+    model, not its name."""
     digest = hashlib.blake2b(digest_size=16)
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
+            if skip is not None and skip in name:
+                continue
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -94,7 +97,7 @@ def precompute_preference_dataset(
         raise ValueError(f"precompute_vae must be 'sample' or 'mean', got {vae_mode!r}.")
     cache_dir = cache_dir or os.path.join(datasets.config.HF_DATASETS_CACHE, "trl-dde")
     os.makedirs(cache_dir, exist_ok=True)
-    model_hash = _weights_hash([family.vae, *family.text_encoders])
+    model_hash = weights_hash([family.vae, *family.text_encoders])
     settings = (family.name, collator.resolution, flip, vae_mode, str(dtype), CACHE_VERSION)
     keys = [datasets.fingerprint.Hasher.hash((split._fingerprint, model_hash, settings)) for split in splits]
     schema, numpy_dtype = collator.schema, np.dtype(str(dtype).removeprefix("torch."))
@@ -162,7 +165,7 @@ def _encode_pair_batch(batch: dict, collator, family: ModelFamily, prompt_index,
 
 class CachedPairCollator:
     """Batches of precomputed pairs: posteriors, crop information, the prompt conditioning looked up in the
-    prompt table, and the preference; with ``random_flip`` and a cached mirrored variant, each pair takes
+    prompt table, the preference and the ``pair_positions``; with ``random_flip`` and a cached mirrored variant, each pair takes
     the mirrored one with probability ½ (from its augmentation seed)."""
 
     def __init__(self, prompts: Dataset, random_flip: bool, has_flip: bool):
@@ -181,4 +184,5 @@ class CachedPairCollator:
         batch.update({key: value for key, value in table.items() if key.startswith("prompt_")})
         batch["preference"] = torch.stack([row["preference"] for row in rows]).float()
         batch["num_ties"] = batch["num_corrupt"] = torch.tensor(0)
+        batch.update(pair_positions(rows))
         return batch

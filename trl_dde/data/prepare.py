@@ -23,11 +23,12 @@ from .adapters import ranked_to_pairs, resolve_image_reference
 from .images import augmentation_seed, image_error, load_image
 from .schema import TIE, PreferenceSchema, detect_schema, layouts_from_args
 
-__all__ = ["AUGMENTATION_SEED", "PreparedData", "PreferencePairs", "PreferenceStream", "prepare_preference_dataset", "row_problem"]
+__all__ = ["AUGMENTATION_SEED", "PAIR_EPOCH", "PAIR_INDEX", "PreparedData", "PreferencePairs", "PreferenceStream", "prepare_preference_dataset", "row_problem"]
 
 logger = logging.getLogger(__name__)
 
 AUGMENTATION_SEED = "augmentation_seed"
+PAIR_INDEX, PAIR_EPOCH = "pair_index", "pair_epoch"  # which pair a row is, in which epoch (per-pair draws)
 SKIPPED_TIES, SKIPPED_CORRUPT = "_skipped_ties", "_skipped_corrupt"  # per-row counters a stream attaches
 STREAM_PROBE_ROWS = 64  # a stream whose first rows are all unusable is refused
 
@@ -155,6 +156,8 @@ class PreferencePairs(torch.utils.data.Dataset):
     the augmentations of an uninterrupted one, and each epoch draws new ones (accelerate forwards
     ``set_epoch``). Drawing them from torch's global RNG in the collator would break exact resume,
     because transformers fetches the first batch after a resume before it restores the RNG state.
+    Rows carry their index and the epoch too (``pair_index``, ``pair_epoch``), for the per-pair draws of
+    ``draws.py``.
     """
 
     def __init__(self, dataset: Dataset, seed: int):
@@ -167,7 +170,8 @@ class PreferencePairs(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return {**self.dataset[index], AUGMENTATION_SEED: augmentation_seed(self.seed, self.epoch, index)}
+        return {**self.dataset[index], AUGMENTATION_SEED: augmentation_seed(self.seed, self.epoch, index),
+                PAIR_INDEX: index, PAIR_EPOCH: self.epoch}
 
 
 class PreferenceStream(torch.utils.data.IterableDataset):
