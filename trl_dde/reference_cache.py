@@ -111,7 +111,7 @@ def build_reference_cache(
     from tqdm.auto import tqdm
 
     os.makedirs(folder, exist_ok=True)
-    if process_index == 0 and description is not None:
+    if process_index == 0 and description is not None and not os.path.isfile(os.path.join(folder, "cache.json")):
         _write_atomically(os.path.join(folder, "cache.json"),
                           lambda path: open(path, "w", encoding="utf-8").write(json.dumps(description, indent=1)))
     num_shards = math.ceil(num_pairs / SHARD_PAIRS)
@@ -134,7 +134,7 @@ def build_reference_cache(
     wait_for_everyone()
     cache = _load(folder, num_pairs, num_epochs, num_shards)
     if process_index == 0:
-        for epoch in range(num_epochs):
+        for epoch in (epoch for epoch in range(num_epochs) if not os.path.isfile(_marker_path(folder, epoch))):
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
             _write_atomically(_marker_path(folder, epoch), lambda path: open(path, "w").write(stamp))
     return cache

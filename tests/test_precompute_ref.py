@@ -1,0 +1,196 @@
+"""``precompute_ref=True``: the reference's per-pair terms computed before training equal the live reference's."""
+
+import os
+
+import pytest
+import torch
+from conftest import lora_config, make_args
+
+from trl_dde import DDEConfig, DDEDiffusionTrainer
+from trl_dde.credit import UniformCredit
+from trl_dde.credit.uniform import epsilon_margin
+from trl_dde.data import PAIR_EPOCH, PAIR_INDEX
+from trl_dde.draws import PairDraws, pair_seed
+from trl_dde.reference_cache import SHARD_PAIRS, build_reference_cache
+from trl_dde.tiny import tiny_preference_dataset, tiny_sd15_pipeline
+
+STRATEGIES = ["uniform", "discounted", "dde-single", "dde-step", "dde"]
+
+
+class RecordingTrainer(DDEDiffusionTrainer):
+    """Keeps every training step's loss as computed (the logs round it)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self.losses.append(loss.detach().clone())
+        return loss
+
+
+def train(tmp_path, data, lora, pipeline_seed=0, **overrides):
+    values = dict(max_steps=4, pair_seeded_draws=True, precompute_ref_cache_dir=str(tmp_path / "cache"))
+    args = make_args(tmp_path, **{**values, **overrides})
+    trainer = RecordingTrainer(tiny_sd15_pipeline(seed=pipeline_seed), args=args, train_dataset=data,
+                               peft_config=lora_config() if lora else None)
+    trainer.losses = []
+    trainer.train()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_preference_dataset(num_pairs=16, seed=0, tie_every=4)  # 12 pairs: 3 steps an epoch, 4 steps = 2 epochs
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+@pytest.mark.parametrize("credit", STRATEGIES)
+def test_losses_equal_the_online_reference_run(tmp_path, data, credit, lora):
+    online = train(tmp_path, data, lora, credit=credit)
+    cached = train(tmp_path, data, lora, credit=credit, precompute_ref=True)
+    assert cached.reference_cache is not None and cached.reference_cache.num_epochs == 2
+    online_losses, cached_losses = torch.stack(online.losses), torch.stack(cached.losses)
+    assert len(online_losses) == 4 and online_losses[1:].std() > 0  # the policy moved: the reference matters
+    torch.testing.assert_close(cached_losses, online_losses, rtol=1e-6, atol=1e-7)
+    for (name, weight), reference in zip(cached.model.named_parameters(), online.model.parameters()):
+        torch.testing.assert_close(weight, reference, rtol=1e-6, atol=1e-7, msg=name)
+    if credit in ("dde-step", "dde"):
+        torch.testing.assert_close(cached.credit.ratios, online.credit.ratios, rtol=1e-6, atol=1e-9)
+
+
+def test_full_fine_tuning_holds_no_reference_copy(tmp_path, data):
+    online = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=make_args(tmp_path), train_dataset=data)
+    cached = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=make_args(tmp_path, precompute_ref=True),
+                                 train_dataset=data)
+
+    def held(trainer):
+        modules = [trainer.model] + ([trainer.ref_model] if trainer.ref_model is not None else [])
+        return sum(parameter.numel() for module in modules for parameter in module.parameters())
+
+    assert cached.ref_model is None and held(online) == 2 * held(cached)
+
+
+def test_cached_terms_equal_the_live_reference_for_any_pass_batch_size(tmp_path, data):
+    """A larger pass batch changes only the rounding: every step's cached terms match the live reference's."""
+
+    class Comparing(DDEDiffusionTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            indices, epochs = inputs[PAIR_INDEX], inputs[PAIR_EPOCH]
+            batch = self.batches(inputs, self.draws.latent_generators(indices, epochs))
+            timesteps, noise = self.draws.timesteps_and_noise(indices, epochs, batch.x0_w)
+            live = self._denoise(model, batch, noise, timesteps).reference
+            cached = self.reference_cache.lookup(indices, epochs, batch.x0_w.device)
+            assert live.keys() == cached.keys()
+            for key in live:
+                torch.testing.assert_close(cached[key], live[key], rtol=1e-5, atol=1e-6, msg=key)
+            self.compared += 1
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    args = make_args(tmp_path, credit="dde", max_steps=4, precompute_ref=True, precompute_ref_batch_size=7,
+                     precompute_ref_cache_dir=str(tmp_path / "cache"))
+    trainer = Comparing(tiny_sd15_pipeline(seed=0), args=args, train_dataset=data, peft_config=lora_config())
+    trainer.compared = 0
+    trainer.train()
+    assert trainer.compared == 4
+    assert set(trainer.reference_cache.keys) == {"mse/ref_chosen", "mse/ref_rejected", "single_shot_ref_w",
+                                                 "single_shot_ref_l", "step_ref_w", "step_ref_l"}
+
+
+def test_pair_draws_depend_only_on_seed_epoch_and_pair():
+    credit = UniformCredit(torch.linspace(0.999, 0.01, 1000))
+    draws = PairDraws(0, credit, "cpu")
+    latents = torch.zeros(3, 4, 8, 8)
+    t, noise = draws.timesteps_and_noise([5, 9, 2], [1, 1, 0], latents)
+    t_alone, noise_alone = draws.timesteps_and_noise([9], [1], latents[:1])
+    assert t[1] == t_alone[0] and torch.equal(noise[1], noise_alone[0])  # batch composition does not matter
+    t_other, _ = PairDraws(1, credit, "cpu").timesteps_and_noise([5, 9, 2], [1, 1, 0], latents)
+    _, noise_next = draws.timesteps_and_noise([5], [2], latents[:1])
+    assert not torch.equal(t_other, t) and not torch.equal(noise_next[0], noise[0])
+    # independent formula: the pair's own generator draws its timestep, then its noise
+    generator = torch.Generator().manual_seed(pair_seed(0, 0, 2, "step"))
+    assert t[2] == torch.randint(0, 1000, (1,), generator=generator)[0]
+    assert torch.equal(noise[2], torch.randn(4, 8, 8, generator=generator))
+    assert len({pair_seed(0, 1, 9, stream) for stream in ("step", "latent_w", "latent_l")}) == 3
+
+
+class TensorStrategy(UniformCredit):
+    """A user strategy that reads the reference's predictions itself (the default ``reference_inputs``)."""
+
+    name = "tensor-strategy"
+    reference_inputs = "tensors"
+
+    def margin(self, outputs):
+        return epsilon_margin(outputs)
+
+
+def test_a_strategy_needing_reference_tensors_is_refused(tmp_path, data, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    with pytest.raises(ValueError, match="Implement reference_terms"):
+        DDEConfig(output_dir=str(tmp_path), credit="test_precompute_ref:TensorStrategy", precompute_ref=True)
+    credit = TensorStrategy(tiny_sd15_pipeline(seed=0).scheduler.alphas_cumprod)
+    with pytest.raises(ValueError, match="reference_inputs='tensors'"):
+        DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=make_args(tmp_path, precompute_ref=True), train_dataset=data,
+                            credit=credit)
+    # it still trains with the live reference, per-pair draws or not
+    trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=make_args(tmp_path, max_steps=1, pair_seeded_draws=True),
+                                  train_dataset=data, credit=credit, peft_config=lora_config())
+    trainer.train()
+
+
+def test_options_precompute_ref_cannot_serve_are_refused(tmp_path, data):
+    with pytest.raises(ValueError, match="uses no reference"):
+        DDEConfig(output_dir=str(tmp_path), precompute_ref=True, loss_type="sft")
+    with pytest.raises(ValueError, match="precompute_ref_batch_size"):
+        DDEConfig(output_dir=str(tmp_path), precompute_ref=True, precompute_ref_batch_size=0)
+    assert DDEConfig(output_dir=str(tmp_path), precompute_ref=True).pair_seeded_draws
+    with pytest.raises(ValueError, match="no eval_dataset"):
+        DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=make_args(tmp_path, precompute_ref=True), train_dataset=data,
+                            eval_dataset=data)
+    with pytest.raises(ValueError, match="streamed dataset"):
+        DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=make_args(tmp_path, precompute_ref=True),
+                            train_dataset=data.to_iterable_dataset())
+
+
+def test_cache_is_reused_resumed_shard_by_shard_and_keyed_by_what_it_depends_on(tmp_path, data):
+    first = train(tmp_path, data, True, credit="uniform", precompute_ref=True)
+    folder = first.reference_cache.folder
+    files = sorted(os.listdir(folder))
+    assert files == ["cache.json", "epoch-0000-shard-00000.safetensors", "epoch-0000.complete",
+                     "epoch-0001-shard-00000.safetensors", "epoch-0001.complete"]
+    stamps = {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in files}
+    again = train(tmp_path, data, True, credit="uniform", precompute_ref=True)
+    assert again.reference_cache.folder == folder
+    assert {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in files} == stamps  # nothing recomputed
+    torch.testing.assert_close(torch.stack(again.losses), torch.stack(first.losses), rtol=0, atol=0)
+    # an interrupted pass (epoch 1 neither marked nor written) resumes with the missing shard only
+    os.remove(os.path.join(folder, "epoch-0001.complete"))
+    os.remove(os.path.join(folder, "epoch-0001-shard-00000.safetensors"))
+    resumed = train(tmp_path, data, True, credit="uniform", precompute_ref=True)
+    assert os.stat(os.path.join(folder, "epoch-0000-shard-00000.safetensors")).st_mtime_ns == stamps[
+        "epoch-0000-shard-00000.safetensors"]
+    assert sorted(os.listdir(folder)) == files
+    assert torch.equal(resumed.reference_cache.table, first.reference_cache.table)
+    # another seed, strategy option or reference model gives another folder
+    for overrides in ({"seed": 1}, {"credit_kwargs": {"error_space": "prediction"}}, {"pipeline_seed": 1}):
+        other = train(tmp_path, data, True, credit="uniform", precompute_ref=True, max_steps=1, **overrides)
+        assert other.reference_cache.folder != folder
+
+
+def test_shards_are_split_between_processes_and_written_atomically(tmp_path):
+    """Two simulated processes each compute their own shards; neither reads a temporary file."""
+    num_pairs, calls = SHARD_PAIRS + 5, {0: [], 1: []}
+
+    def compute_for(rank):
+        def compute(indices, epoch):
+            calls[rank].append((indices[0], epoch))
+            return {"value": torch.tensor(indices, dtype=torch.float32) + 1000 * epoch}
+        return compute
+
+    folder = str(tmp_path / "cache")
+    os.makedirs(folder)
+    open(os.path.join(folder, "epoch-0000-shard-00000.safetensors.tmp-1"), "w").write("partial")
+    with pytest.raises(FileNotFoundError, match="lacks epoch-0000-shard-00000"):  # rank 1 first: rank 0's shard is missing
+        build_reference_cache(folder, num_pairs, 1, 512, compute_for(1), process_index=1, num_processes=2)
+    cache = build_reference_cache(folder, num_pairs, 1, 512, compute_for(0), process_index=0, num_processes=2)
+    assert {start for start, _ in calls[0]} == {0, 512} and {start for start, _ in calls[1]} == {SHARD_PAIRS}
+    torch.testing.assert_close(cache.table[0, :, 0], torch.arange(num_pairs, dtype=torch.float32))
+    with pytest.raises(ValueError, match="holds 1 epoch"):
+        cache.lookup([0], [1], torch.device("cpu"))
