@@ -1,10 +1,13 @@
 """``precompute_ref=True``: the reference's per-pair terms computed before training equal the live reference's."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import lora_config, make_args
+from test_distributed import free_port
 
 from trl_dde import DDEConfig, DDEDiffusionTrainer
 from trl_dde.credit import UniformCredit
@@ -194,3 +197,25 @@ def test_shards_are_split_between_processes_and_written_atomically(tmp_path):
     torch.testing.assert_close(cache.table[0, :, 0], torch.arange(num_pairs, dtype=torch.float32))
     with pytest.raises(ValueError, match="holds 1 epoch"):
         cache.lookup([0], [1], torch.device("cpu"))
+
+
+@pytest.mark.slow  # ~25 s on 2 cores; test_shards_are_split_between_processes_and_written_atomically is the fast cover
+def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
+    port = free_port()
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+               os.path.join(os.path.dirname(__file__), "precompute_ref_worker.py"), str(tmp_path)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    # 16 pairs in shards of 4, two epochs (5 steps of 2 pairs on each of 2 ranks): each rank wrote its own shards
+    shards = {f"epoch-{e:04d}-shard-{s:05d}.safetensors" for e in (0, 1) for s in range(4)}
+    assert set(ranks[0]["written"]) | set(ranks[1]["written"]) == shards
+    assert not set(ranks[0]["written"]) & set(ranks[1]["written"])
+    assert set(ranks[0]["written"]) == {name for name in shards if name.endswith(("00000.safetensors", "00002.safetensors"))}
+    for rank in ranks:
+        torch.testing.assert_close(rank[True]["losses"], rank[False]["losses"], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(rank[True]["ratios"], rank[False]["ratios"], rtol=1e-6, atol=1e-9)
+        for name, weight in rank[True]["weights"].items():
+            torch.testing.assert_close(weight, rank[False]["weights"][name], rtol=1e-6, atol=1e-7, msg=name)
+    assert not torch.equal(ranks[0][True]["losses"], ranks[1][True]["losses"])  # the ranks trained different pairs
