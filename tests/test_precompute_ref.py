@@ -59,6 +59,17 @@ def test_losses_equal_the_online_reference_run(tmp_path, data, credit, lora):
         torch.testing.assert_close(cached.credit.ratios, online.credit.ratios, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("options", [
+    {"random_crop": True, "random_flip": True, "resolution": 24},  # encoded on the fly: per-pair posterior samples
+    {"precompute_latents": True, "precompute_vae": "sample", "precompute_flip": True, "random_flip": True},
+], ids=["on-the-fly-augmented", "latent-cache"])
+def test_losses_equal_with_augmentation_and_sampled_latents(tmp_path, data, options):
+    options = {**options, "precompute_cache_dir": str(tmp_path / "latents")} if "precompute_latents" in options else options
+    online = train(tmp_path, data, True, credit="dde-step", **options)
+    cached = train(tmp_path, data, True, credit="dde-step", precompute_ref=True, **options)
+    torch.testing.assert_close(torch.stack(cached.losses), torch.stack(online.losses), rtol=1e-6, atol=1e-7)
+
+
 def test_full_fine_tuning_holds_no_reference_copy(tmp_path, data):
     online = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=make_args(tmp_path), train_dataset=data)
     cached = DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), args=make_args(tmp_path, precompute_ref=True),
@@ -219,3 +230,15 @@ def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
         for name, weight in rank[True]["weights"].items():
             torch.testing.assert_close(weight, rank[False]["weights"][name], rtol=1e-6, atol=1e-7, msg=name)
     assert not torch.equal(ranks[0][True]["losses"], ranks[1][True]["losses"])  # the ranks trained different pairs
+
+
+def test_resumed_full_fine_tune_reads_the_cache_and_matches_the_uninterrupted_run(tmp_path, data):
+    whole = train(tmp_path, data, False, credit="dde", precompute_ref=True, save_strategy="steps", save_steps=2)
+    checkpoint = os.path.join(whole.args.output_dir, "checkpoint-2")
+    args = make_args(tmp_path, max_steps=4, credit="dde", precompute_ref=True, save_strategy="steps", save_steps=2,
+                     precompute_ref_cache_dir=str(tmp_path / "cache"))
+    resumed = RecordingTrainer(tiny_sd15_pipeline(seed=0), args=args, train_dataset=data)
+    resumed.losses = []
+    resumed.train(resume_from_checkpoint=checkpoint)  # the policy is loaded after the cache was found complete
+    assert resumed.reference_cache.folder == whole.reference_cache.folder
+    torch.testing.assert_close(torch.stack(resumed.losses), torch.stack(whole.losses)[2:], rtol=1e-6, atol=1e-7)
