@@ -83,12 +83,16 @@ class HostSyncCounter(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("credit, precompute", [(name, False) for name in STRATEGIES] + [("dde", True)],
-                         ids=[*STRATEGIES, "dde-cached"])
-def test_a_training_step_never_synchronises_with_the_host(tmp_path, credit, precompute):
-    args = make_args(tmp_path, credit=credit, precompute_latents=precompute, precompute_cache_dir=str(tmp_path / "cache"))
+@pytest.mark.parametrize("credit, precompute, reference",
+                         [(name, False, False) for name in STRATEGIES] + [("dde", True, False), ("dde", True, True)],
+                         ids=[*STRATEGIES, "dde-cached", "dde-cached-reference"])
+def test_a_training_step_never_synchronises_with_the_host(tmp_path, credit, precompute, reference):
+    args = make_args(tmp_path, credit=credit, precompute_latents=precompute, precompute_cache_dir=str(tmp_path / "cache"),
+                     precompute_ref=reference, precompute_ref_cache_dir=str(tmp_path / "reference"))
     trainer = DDEDiffusionTrainer(tiny_sd15_pipeline(), args=args, train_dataset=tiny_preference_dataset(8),
                                   peft_config=lora_config())
+    if reference:  # what train() does first: per-pair draws, the step reads the reference cache
+        trainer.reference_cache = trainer._precompute_reference()
     trainer.create_optimizer_and_scheduler(num_training_steps=3)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test does not run
     model = trainer.model.train()
