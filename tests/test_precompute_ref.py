@@ -1,5 +1,6 @@
 """``precompute_ref=True``: the reference's per-pair terms computed before training equal the live reference's."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,8 +11,8 @@ from conftest import lora_config, make_args
 from test_distributed import free_port
 
 from trl_dde import DDEConfig, DDEDiffusionTrainer
-from trl_dde.credit import UniformCredit
-from trl_dde.credit.uniform import epsilon_margin
+from trl_dde.credit import DenoisingOutputs, UniformCredit
+from trl_dde.credit.uniform import denoising_margin, denoising_reference_terms, epsilon_margin
 from trl_dde.data import PAIR_EPOCH, PAIR_INDEX
 from trl_dde.draws import PairDraws, pair_seed
 from trl_dde.reference_cache import SHARD_PAIRS, build_reference_cache
@@ -29,11 +30,15 @@ class RecordingTrainer(DDEDiffusionTrainer):
         return loss
 
 
-def train(tmp_path, data, lora, pipeline_seed=0, **overrides):
+def train(tmp_path, data, lora, pipeline_seed=0, credit="dde", **overrides):
+    """Train 4 steps (2 epochs) with per-pair draws; ``credit`` a name (``args.credit``) or an instance."""
     values = dict(max_steps=4, pair_seeded_draws=True, precompute_ref_cache_dir=str(tmp_path / "cache"))
+    if isinstance(credit, str):
+        values["credit"] = credit
     args = make_args(tmp_path, **{**values, **overrides})
     trainer = RecordingTrainer(tiny_sd15_pipeline(seed=pipeline_seed), args=args, train_dataset=data,
-                               peft_config=lora_config() if lora else None)
+                               peft_config=lora_config() if lora else None,
+                               credit=None if isinstance(credit, str) else credit)
     trainer.losses = []
     trainer.train()
     return trainer
@@ -242,3 +247,60 @@ def test_resumed_full_fine_tune_reads_the_cache_and_matches_the_uninterrupted_ru
     resumed.train(resume_from_checkpoint=checkpoint)  # the policy is loaded after the cache was found complete
     assert resumed.reference_cache.folder == whole.reference_cache.folder
     torch.testing.assert_close(torch.stack(resumed.losses), torch.stack(whole.losses)[2:], rtol=1e-6, atol=1e-7)
+
+
+class SNRWeighted(UniformCredit):
+    """docs/credit_strategies.md's example, reading the reference's predictions."""
+
+    reference_inputs = "tensors"
+
+    def __init__(self, alphas_cumprod, timestep_range=None, cap: float = 5.0):
+        super().__init__(alphas_cumprod, timestep_range)
+        self.cap = cap
+
+    def margin(self, outputs):
+        abar = self.alphas_cumprod[outputs.timesteps]
+        return epsilon_margin(outputs) * (abar / (1 - abar)).clamp(max=self.cap) / self.cap
+
+
+class CachedSNRWeighted(SNRWeighted):
+    """The same strategy made cacheable as the docs show."""
+
+    reference_inputs = "scalars"
+
+    def reference_terms(self, outputs):
+        return denoising_reference_terms(outputs, "epsilon")
+
+    def margin(self, outputs):
+        abar = self.alphas_cumprod[outputs.timesteps]
+        z = denoising_margin(outputs, "epsilon", self.reference(outputs))
+        return z * (abar / (1 - abar)).clamp(max=self.cap) / self.cap
+
+
+def test_the_documented_conversion_to_reference_terms_keeps_the_margin_and_trains_cached(tmp_path, data):
+    alphas_cumprod = tiny_sd15_pipeline(seed=0).scheduler.alphas_cumprod
+    generator = torch.Generator().manual_seed(0)
+    x0_w, x0_l, noise, *preds = (torch.randn(3, 4, 8, 8, generator=generator) for _ in range(7))
+    timesteps = torch.tensor([5, 500, 990])
+    outputs = DenoisingOutputs(x0_w, x0_l, noise, timesteps, x0_w + noise, x0_l + noise, *preds)
+    expected = SNRWeighted(alphas_cumprod).margin(outputs)
+    credit = CachedSNRWeighted(alphas_cumprod)
+    torch.testing.assert_close(credit.margin(outputs), expected)  # terms computed from the predictions
+    cached_outputs = dataclasses.replace(outputs, pred_ref_w=None, pred_ref_l=None,
+                                         reference=credit.reference_terms(outputs))
+    torch.testing.assert_close(credit.margin(cached_outputs), expected)  # the same terms, carried
+    with pytest.raises(ValueError, match="carry no reference predictions"):
+        SNRWeighted(alphas_cumprod).margin(cached_outputs)
+    online = train(tmp_path, data, True, credit=CachedSNRWeighted(alphas_cumprod))
+    cached = train(tmp_path, data, True, credit=CachedSNRWeighted(alphas_cumprod), precompute_ref=True)
+    torch.testing.assert_close(torch.stack(cached.losses), torch.stack(online.losses), rtol=1e-6, atol=1e-7)
+
+
+def test_the_options_reach_the_command_line(tmp_path):
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(DDEConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--precompute_ref", "--precompute_ref_batch_size", "8",
+         "--precompute_ref_cache_dir", str(tmp_path / "reference")])
+    assert args.precompute_ref and args.pair_seeded_draws and args.precompute_ref_batch_size == 8
+    assert args.precompute_ref_cache_dir == str(tmp_path / "reference")
