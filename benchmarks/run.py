@@ -1,12 +1,13 @@
 """Training-step benchmark: step time, pairs/s, peak memory and the floor ratio across configurations.
 
     python benchmarks/run.py --sizes tiny,small [--resolution 128] [--tunings lora,full]
-        [--strategies uniform,dde] [--precompute on,off] [--out DIR]
+        [--strategies uniform,dde] [--precompute on,off] [--precompute_ref off,on] [--out DIR]
 
-Each group (size × tuning × precomputed latents on/off) runs in its own subprocess, so its peak memory
+Each group (size × tuning × precomputed latents on/off × precomputed reference on/off) runs in its own subprocess, so its peak memory
 (host RSS; CUDA max allocated on a GPU) is its own. Inside a group, every strategy trains the same model
 on the same synthetic pairs with the same seed, and the *floor* — the work a DPO step cannot avoid: the
-policy forward + backward and the reference forward on the 2B latents of one batch, nothing else — is
+policy forward + backward and the reference forward on the 2B latents of one batch (no reference forward
+with ``precompute_ref``, whose inference-only pass is timed on its own), nothing else — is
 timed in the same process, so ``step/floor`` and the dde/uniform ratio are side-by-side figures that
 machine noise hits alike. Step times are medians after the warm-up steps. Random weights: only the cost
 is meaningful. Writes ``benchmarks.md`` and ``benchmarks.json`` to ``--out`` and prints the table.
@@ -119,6 +120,7 @@ class Group:
     gradient_checkpointing: bool
     optim: str
     rounds: int
+    precompute_ref: bool = False
 
 
 class StepTimer(TrainerCallback):
@@ -153,6 +155,7 @@ def build_trainer(group: Group, strategy: str, data_folder: str, cache_dir: str,
                      disable_tqdm=True, logging_steps=group.warmup + group.steps, credit=strategy,
                      resolution=group.resolution, precompute_latents=group.precompute, precompute_cache_dir=cache_dir,
                      gradient_checkpointing=group.gradient_checkpointing, optim=group.optim,
+                     precompute_ref=group.precompute_ref, precompute_ref_cache_dir=f"{cache_dir}-reference",
                      use_cpu=not torch.cuda.is_available(), seed=0)
     lora = LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
     return DDEDiffusionTrainer(SIZES[group.size][0](), args=args, train_dataset=load_from_disk(data_folder),
@@ -161,7 +164,8 @@ def build_trainer(group: Group, strategy: str, data_folder: str, cache_dir: str,
 
 
 def floor_times(trainer, repeats: int) -> list[float]:
-    """Time the bare DPO work on one batch: policy forward + backward and reference forward on the 2B latents."""
+    """Time the bare DPO work on one batch: policy forward + backward and, unless the reference's terms are
+    precomputed, the reference forward on the 2B latents."""
     model, family, process = trainer.model_wrapped, trainer.family, trainer.process
     model.train()
     batch = trainer.batches(trainer._prepare_inputs(next(iter(trainer.get_train_dataloader()))), None)
@@ -175,12 +179,13 @@ def floor_times(trainer, repeats: int) -> list[float]:
         start = time.perf_counter()
         with trainer.compute_loss_context_manager():
             trainer.accelerator.backward(family.predict(model, x_t, model_time, batch.conditioning).square().mean())
-            with torch.no_grad():
-                if trainer.ref_model is None:
-                    with trainer.reference_adapters.disabled():
-                        family.predict(model, x_t, model_time, batch.conditioning)
-                else:
-                    family.predict(trainer.ref_model, x_t, model_time, batch.conditioning)
+            if not trainer.args.precompute_ref:  # a cached reference's terms are read, not computed
+                with torch.no_grad():
+                    if trainer.ref_model is None:
+                        with trainer.reference_adapters.disabled():
+                            family.predict(model, x_t, model_time, batch.conditioning)
+                    else:
+                        family.predict(trainer.ref_model, x_t, model_time, batch.conditioning)
         _synchronize()
         times.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
@@ -239,6 +244,11 @@ def run_group(group: Group) -> dict:
             baseline = current_rss_mib()
             trainer = build_trainer(group, strategy, f"{work}/data", f"{work}/cache", timer)
             built = current_rss_mib()
+            if group.precompute_ref and strategy not in result.setdefault("reference_pass_s", {}):
+                start = time.perf_counter()  # train() would run it first; timed here on its own (first round)
+                trainer.reference_cache = trainer._precompute_reference()
+                result["reference_pass_s"][strategy] = time.perf_counter() - start
+                result["reference_pass_pairs"] = len(trainer.train_dataset) * trainer.reference_cache.num_epochs
             trainer.train()
             if "memory" not in result:
                 result["memory"] = memory_breakdown(trainer, baseline, built)
@@ -269,8 +279,8 @@ def machine() -> dict:
 def markdown(report: dict) -> str:
     """The report as one Markdown table (one row per strategy), the machine and the axes not swept."""
     lines = [f"Machine: {report['machine']['device']}, torch {report['machine']['torch']}, {report['machine']['date']}.", "",
-             "| size | px | tuning | latents | ckpt | optim | strategy | median step | pairs/s | floor | step/floor | dde/uniform | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| size | px | tuning | latents | ckpt | optim | strategy | reference | median step | pairs/s | floor | step/floor | dde/uniform | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in report["results"]:
         group = result["group"]
         for strategy, timing in result["strategies"].items():
@@ -280,24 +290,34 @@ def markdown(report: dict) -> str:
                 memory += f" (CUDA {result['cuda_max_allocated_mib'] / 1024:.2f} GiB)"
             lines.append(f"| {group['size']} | {group['resolution']} | {group['tuning']} | "
                          f"{'cached' if group['precompute'] else 'encoded'} | {'on' if group['gradient_checkpointing'] else 'off'} | "
-                         f"{group['optim']} | {strategy} | {timing['median_step_s'] * 1000:.1f} ms | {timing['pairs_per_s']:.2f} | "
+                         f"{group['optim']} | {strategy} | {_reference(group)} | {timing['median_step_s'] * 1000:.1f} ms | {timing['pairs_per_s']:.2f} | "
                          f"{result['floor_s'] * 1000:.1f} ms | {timing['step_over_floor']:.3f} | {ratio} | {memory} |")
-    lines += ["", "| size | px | tuning | latents | ckpt | optim | weights | gradients | optimizer state | RSS: baseline | after set-up | peak | activations + temporaries |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| size | px | tuning | latents | ckpt | optim | reference | weights | gradients | optimizer state | RSS: baseline | after set-up | peak | activations + temporaries |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in report["results"]:
         group, memory = result["group"], result["memory"]
         lines.append(f"| {group['size']} | {group['resolution']} | {group['tuning']} | {'cached' if group['precompute'] else 'encoded'} | "
-                     f"{'on' if group['gradient_checkpointing'] else 'off'} | {group['optim']} | "
+                     f"{'on' if group['gradient_checkpointing'] else 'off'} | {group['optim']} | {_reference(group)} | "
                      + " | ".join(f"{memory[key] / 1024:.2f} GiB" for key in (
                          "weights_mib", "gradients_mib", "optimizer_state_mib", "baseline_rss_mib", "after_setup_rss_mib",
                          "peak_rss_mib", "activations_and_temporaries_mib")) + " |")
+    for result in report["results"]:
+        for strategy, seconds in result.get("reference_pass_s", {}).items():
+            group = result["group"]
+            lines.append(f"\nReference pass ({group['size']}, {group['tuning']}, {strategy}): {seconds:.2f} s for "
+                         f"{result['reference_pass_pairs']} pair-epochs.")
     first = report["results"][0]["group"]
     lines += ["", f"Batch {first['batch_size']} pairs; median over {first['rounds']} alternating rounds of "
               f"{first['steps']} steps after {first['warmup']} warm-up steps each. "
-              "Floor: policy forward + backward and reference forward on the 2B latents of one batch, timed in the same process.",
+              "Floor: policy forward + backward and reference forward (none with a cached reference) on the 2B latents of "
+              "one batch, timed in the same process.",
               "", "Not swept here:"]
     lines += [f"- {axis}: {why}" for axis, why in report["not_swept"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _reference(group: dict) -> str:
+    return "cached" if group.get("precompute_ref") else "online"
 
 
 def _csv(text: str) -> list[str]:
@@ -311,6 +331,7 @@ def main() -> None:
     parser.add_argument("--tunings", default="lora,full", help="comma-separated: lora, full")
     parser.add_argument("--strategies", default="uniform,dde", help="credit strategies timed side by side")
     parser.add_argument("--precompute", default="on,off", help="precomputed latents: on, off or both")
+    parser.add_argument("--precompute_ref", default="off", help="precomputed reference terms: on, off or both")
     parser.add_argument("--batch_size", type=int, default=2, help="pairs per step")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per strategy (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -324,18 +345,21 @@ def main() -> None:
         print(json.dumps(run_group(Group(**json.loads(options.group)))))
         return
     unknown = [size for size in _csv(options.sizes) if size not in SIZES]
-    wrong = [p for p in _csv(options.precompute) if p not in ("on", "off")] + [t for t in _csv(options.tunings) if t not in ("lora", "full")]
+    wrong = [p for p in _csv(options.precompute) + _csv(options.precompute_ref) if p not in ("on", "off")]
+    wrong += [t for t in _csv(options.tunings) if t not in ("lora", "full")]
     if unknown or wrong:
         parser.error(f"unknown --sizes {unknown} (choose from {sorted(SIZES)}) or --tunings/--precompute values {wrong} "
-                     "(tunings: lora, full; precompute: on, off)")
+                     "(tunings: lora, full; precompute, precompute_ref: on, off)")
     groups = [Group(size, options.resolution or SIZES[size][1], tuning, precompute == "on", _csv(options.strategies),
                     options.batch_size, options.steps, options.warmup, options.gradient_checkpointing, options.optim,
-                    options.rounds)
-              for size in _csv(options.sizes) for tuning in _csv(options.tunings) for precompute in _csv(options.precompute)]
+                    options.rounds, reference == "on")
+              for size in _csv(options.sizes) for tuning in _csv(options.tunings) for precompute in _csv(options.precompute)
+              for reference in _csv(options.precompute_ref)]
     results = []
     for number, group in enumerate(groups, 1):
         print(f"[{number}/{len(groups)}] {group.size} {group.resolution} px {group.tuning} "
-              f"{'cached' if group.precompute else 'encoded'} latents ...", file=sys.stderr, flush=True)
+              f"{'cached' if group.precompute else 'encoded'} latents, {_reference(asdict(group))} reference ...",
+              file=sys.stderr, flush=True)
         done = subprocess.run([sys.executable, __file__, "--group", json.dumps(asdict(group))],
                               capture_output=True, text=True)
         if done.returncode != 0:
