@@ -286,11 +286,9 @@ class DDEDiffusionTrainer(Trainer):
             self.metrics.count("corrupt_skipped", inputs["num_corrupt"])
         reference = None
         if self.draws is not None and model.training:  # 1.-2. per pair, from (seed, epoch, pair index)
-            indices, epochs = inputs[PAIR_INDEX], inputs[PAIR_EPOCH]
-            batch = self.batches(inputs, self.draws.latent_generators(indices, epochs))
-            timesteps, noise = self.draws.timesteps_and_noise(indices, epochs, batch.x0_w)
+            batch, timesteps, noise = self._pair_seeded_batch(inputs)
             if self.reference_cache is not None:
-                reference = self.reference_cache.lookup(indices, epochs, batch.x0_w.device)
+                reference = self.reference_cache.lookup(inputs[PAIR_INDEX], inputs[PAIR_EPOCH], batch.x0_w.device)
         else:
             batch = self.batches(inputs, generator)  # 1. latents and conditioning
             latents = batch.x0_w
@@ -306,6 +304,13 @@ class DDEDiffusionTrainer(Trainer):
                 self.credit.update(outputs)  # 5.
             self._record(mode, outputs, z, loss)
         return (loss, {}) if return_outputs else loss
+
+    def _pair_seeded_batch(self, inputs: dict):
+        """The batch, its timesteps and noise, every random draw from its pairs' own generators (``draws.py``)."""
+        indices, epochs = inputs[PAIR_INDEX], inputs[PAIR_EPOCH]
+        batch = self.batches(inputs, self.draws.latent_generators(indices, epochs))
+        timesteps, noise = self.draws.timesteps_and_noise(indices, epochs, batch.x0_w)
+        return batch, timesteps, noise
 
     def _denoise(self, model, batch, noise: torch.Tensor, timesteps: torch.Tensor,
                  reference: dict[str, torch.Tensor] | None = None) -> DenoisingOutputs:
@@ -524,10 +529,8 @@ class DDEDiffusionTrainer(Trainer):
         def compute(indices: list[int], pass_epoch: int) -> dict[str, torch.Tensor]:
             dataset.set_epoch(pass_epoch)
             inputs = self._prepare_inputs(self.data_collator([dataset[index] for index in indices]))
-            epochs = [pass_epoch] * len(indices)
             with torch.no_grad(), self.accelerator.autocast():
-                batch = self.batches(inputs, self.draws.latent_generators(indices, epochs))
-                timesteps, noise = self.draws.timesteps_and_noise(indices, epochs, batch.x0_w)
+                batch, timesteps, noise = self._pair_seeded_batch(inputs)
                 x_t, model_time = self._noised(batch, noise, timesteps)
                 (xt_w, xt_l), (ref_w, ref_l) = x_t.chunk(2), self._reference_predict(
                     model, x_t, model_time, batch.conditioning).chunk(2)
