@@ -64,6 +64,14 @@ def test_losses_equal_the_online_reference_run(tmp_path, data, credit, lora):
         torch.testing.assert_close(cached.credit.ratios, online.credit.ratios, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_losses_equal_under_bf16_mixed_precision(tmp_path, data, lora):
+    """The pass runs under the step's autocast, with the weights in the step's dtypes."""
+    online = train(tmp_path, data, lora, bf16=True)
+    cached = train(tmp_path, data, lora, bf16=True, precompute_ref=True)
+    torch.testing.assert_close(torch.stack(cached.losses), torch.stack(online.losses), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("options", [
     {"random_crop": True, "random_flip": True, "resolution": 24},  # encoded on the fly: per-pair posterior samples
     {"precompute_latents": True, "precompute_vae": "sample", "precompute_flip": True, "random_flip": True},
