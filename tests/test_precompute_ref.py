@@ -312,3 +312,42 @@ def test_the_options_reach_the_command_line(tmp_path):
          "--precompute_ref_cache_dir", str(tmp_path / "reference")])
     assert args.precompute_ref and args.pair_seeded_draws and args.precompute_ref_batch_size == 8
     assert args.precompute_ref_cache_dir == str(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("credit", STRATEGIES)
+def test_reference_terms_are_the_reference_errors_and_carry_the_whole_margin(credit):
+    """Each built-in's terms against independent formulas; its margin and update from carried terms alone."""
+    from trl_dde.credit import get_credit
+
+    alphas_cumprod = tiny_sd15_pipeline(seed=0).scheduler.alphas_cumprod
+    generator = torch.Generator().manual_seed(1)
+    x0_w, x0_l, noise, *preds = (torch.randn(4, 4, 8, 8, generator=generator) for _ in range(7))
+    timesteps = torch.tensor([3, 250, 600, 900])
+    abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    xt_w, xt_l = abar.sqrt() * x0_w + (1 - abar).sqrt() * noise, abar.sqrt() * x0_l + (1 - abar).sqrt() * noise
+    outputs = DenoisingOutputs(x0_w, x0_l, noise, timesteps, xt_w, xt_l, *preds)
+    strategy = get_credit(credit, alphas_cumprod=alphas_cumprod)
+    terms = strategy.reference_terms(outputs)
+    ref_w, ref_l = preds[2], preds[3]
+
+    def x0_error(eps, x_t, x0, reduce):  # x̂0 = (x_t - √(1-ā) ε̂) / √ā
+        return reduce(((x_t - (1 - abar).sqrt() * eps) / abar.sqrt() - x0).pow(2).flatten(1), 1)
+
+    expected = {}
+    if credit in ("uniform", "discounted", "dde-step"):
+        expected |= {"error_ref_w/epsilon": (ref_w - noise).pow(2).flatten(1).mean(1),
+                     "error_ref_l/epsilon": (ref_l - noise).pow(2).flatten(1).mean(1)}
+    if credit in ("dde-single", "dde"):  # alpha_bar_0="one": μ̂ = x̂0
+        expected |= {"single_shot_ref_w": x0_error(ref_w, xt_w, x0_w, torch.mean),
+                     "single_shot_ref_l": x0_error(ref_l, xt_l, x0_l, torch.mean)}
+    if credit in ("dde-step", "dde"):  # correction_reduction="sum"
+        expected |= {"step_ref_w": x0_error(ref_w, xt_w, x0_w, torch.sum), "step_ref_l": x0_error(ref_l, xt_l, x0_l, torch.sum)}
+    assert terms.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(terms[key], value, rtol=1e-5, atol=1e-5, msg=key)
+    carried = dataclasses.replace(outputs, pred_ref_w=None, pred_ref_l=None, reference=terms)
+    live, cached = get_credit(credit, alphas_cumprod=alphas_cumprod), get_credit(credit, alphas_cumprod=alphas_cumprod)
+    for _ in range(2):  # the second margin reads the corrections the first update wrote (dde-step, dde)
+        assert torch.equal(cached.margin(carried), live.margin(outputs))
+        live.update(outputs)
+        cached.update(carried)

@@ -95,25 +95,26 @@ class DenoisingOutputs:
     def batch_size(self) -> int:
         return self.timesteps.shape[0]
 
-    def _epsilon(self, prediction: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    def epsilon_of(self, prediction: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """``ε̂`` of a native ``prediction`` at ``x_t`` and these timesteps (the prediction itself without a process)."""
         return prediction if self.process is None else self.process.epsilon(prediction, x_t, self.timesteps)
 
     @property
     def eps_w(self) -> torch.Tensor:
         """Policy ``ε̂`` on the winners."""
-        return self._epsilon(self.pred_w, self.xt_w)
+        return self.epsilon_of(self.pred_w, self.xt_w)
 
     @property
     def eps_l(self) -> torch.Tensor:
-        return self._epsilon(self.pred_l, self.xt_l)
+        return self.epsilon_of(self.pred_l, self.xt_l)
 
     @property
     def eps_ref_w(self) -> torch.Tensor:
-        return self._epsilon(self.reference_prediction("w"), self.xt_w)
+        return self.epsilon_of(self.reference_prediction("w"), self.xt_w)
 
     @property
     def eps_ref_l(self) -> torch.Tensor:
-        return self._epsilon(self.reference_prediction("l"), self.xt_l)
+        return self.epsilon_of(self.reference_prediction("l"), self.xt_l)
 
     def reference_prediction(self, side: str) -> torch.Tensor:
         """``pred_ref_w`` (``side="w"``) or ``pred_ref_l``; an error naming the cause where no reference ran."""

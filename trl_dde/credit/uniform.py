@@ -45,7 +45,7 @@ def _errors(outputs: DenoisingOutputs, error_space: str, predictions: tuple) -> 
     target_w, target_l = _targets(outputs, error_space)
     pred_w, pred_l = predictions
     if error_space == "epsilon":
-        pred_w, pred_l = outputs._epsilon(pred_w, outputs.xt_w), outputs._epsilon(pred_l, outputs.xt_l)
+        pred_w, pred_l = outputs.epsilon_of(pred_w, outputs.xt_w), outputs.epsilon_of(pred_l, outputs.xt_l)
     return squared_error(pred_w, target_w), squared_error(pred_l, target_l)
 
 
