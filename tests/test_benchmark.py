@@ -75,24 +75,24 @@ def test_pretraining_runs_through_the_trainer_and_is_cached_by_its_settings(tmp_
     from trl_dde.benchmark.pretrain import pretrained_base
 
     scenes = all_scenes()[:4]
-    untouched, _ = pretrained_base(scenes, steps=0, output_dir=str(tmp_path / "run0"), cache_dir=tmp_path / "c0")
-    trained, cached = pretrained_base(scenes, steps=2, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
+    untouched, _, _ = pretrained_base(scenes, steps=0, output_dir=str(tmp_path / "run0"), cache_dir=tmp_path / "c0")
+    trained, path, cached = pretrained_base(scenes, steps=2, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
                                       batch_size=4)
-    assert not cached
+    assert not cached and path.is_file() and path.parent == tmp_path / "cache"
     changed = [not torch.equal(a, b) for a, b in zip(trained.unet.parameters(), untouched.unet.parameters())]
     assert any(changed)  # the trainer updated the pipeline's own UNet
-    again, cached = pretrained_base(scenes, steps=2, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
+    again, _, cached = pretrained_base(scenes, steps=2, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
                                     batch_size=4)
     assert cached and len(list((tmp_path / "cache").glob("base-*.pt"))) == 1
     for a, b in zip(again.unet.parameters(), trained.unet.parameters()):
         assert torch.equal(a, b)
-    _, cached = pretrained_base(scenes, steps=3, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
+    _, _, cached = pretrained_base(scenes, steps=3, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache",
                                 batch_size=4)
     assert not cached  # other settings, another base
 
 
 def test_method_names_map_to_trainer_settings():
-    from trl_dde.benchmark.experiment import method_config
+    from trl_dde.benchmark.experiment import expand_methods, method_config, segment_methods
 
     assert method_config("sft") == {"loss_type": "sft", "credit": "uniform"}
     assert method_config("dde-step:mean") == {"credit": "dde-step", "credit_kwargs": {"correction_reduction": "mean"}}
@@ -100,18 +100,109 @@ def test_method_names_map_to_trainer_settings():
     for wrong in ("ddee", "dde-single:mean"):  # dde-single has no correction to reduce
         with pytest.raises(ValueError, match=f"Unknown benchmark method '{wrong}'"):
             method_config(wrong)
+    for wrong in ("uniform@700-200", "uniform@0-1001", "uniform@a-b", "uniform@100"):
+        with pytest.raises(ValueError, match="uniform@LOW-HIGH"):
+            method_config(wrong)
+    segments = segment_methods()
+    assert segments[0] == "uniform@0-100" and segments[-1] == "uniform@900-1000" and len(segments) == 10
+    assert expand_methods(["uniform", "segments", "uniform@0-100"]) == ["uniform"] + segments
+
+
+def test_claims_get_their_verdicts_from_the_paired_intervals():
+    import numpy as np
+
+    from trl_dde.benchmark.report import claims, diversity
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.6, 0.1, 200)
+    per_image = {"base": base, "dde": base + 0.05, "dde-single": base + 0.02 + rng.normal(0, 0.01, 200),
+                 "uniform": base + rng.normal(0, 0.05, 200), "dde-step": base - 0.03}
+    for low in range(0, 1000, 100):  # middle segments help, outer ones do nothing
+        per_image[f"uniform@{low}-{low + 100}"] = base + (0.04 if 200 <= low < 700 else 0.0)
+    found = {c["claim"]: c for c in claims(per_image)}
+    assert found["dde > dde-single"]["verdict"] == "supported"
+    assert found["dde > dde-single"]["difference"] == pytest.approx(0.03, abs=0.003)
+    assert found["base > dde-step"]["verdict"] == "supported"
+    assert found["uniform > base"]["verdict"] == "not resolved"
+    assert found["dde-single > uniform"]["difference"] == pytest.approx(np.mean(per_image["dde-single"] - per_image["uniform"]))
+    assert found["middle segments > outer segments"]["difference"] == pytest.approx(0.04)
+    assert "sft > base" not in found  # a method that did not run is not judged
+    worse = claims({"base": base, "sft": base - 0.1})
+    assert worse[0]["verdict"] == "contradicted"
+    image = render(all_scenes()[0])
+    assert diversity([image, image, render(all_scenes()[1])], ["a", "a", "b"]) == 0.0
+    assert diversity([image, render(all_scenes()[1])], ["a", "a"]) > 0.1
+
+
+def test_the_demo_refuses_to_run_under_a_distributed_launcher(monkeypatch, tmp_path):
+    from trl_dde.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="worker processes"):
+        main(["demo", "--quick", "--output_dir", str(tmp_path)])
+
+
+def test_pretrained_base_beats_an_untrained_one_on_the_checker(tmp_path):
+    """150 SFT steps already put the base's held-out samples closer to their captions than an untrained model's
+    (paired over the same prompts and noise); the default base (300 steps) is checked in the slow test below."""
+    _assert_base_beats_untrained(tmp_path, steps=150)
+
+
+@pytest.mark.slow
+def test_default_base_beats_an_untrained_one_on_the_checker(tmp_path):
+    from trl_dde.benchmark.run import DEFAULTS
+
+    _assert_base_beats_untrained(tmp_path, steps=DEFAULTS["pretrain_steps"])
+
+
+def _assert_base_beats_untrained(tmp_path, steps):
+    import numpy as np
+
+    from trl_dde.benchmark.experiment import evaluate, sample
+    from trl_dde.benchmark.pretrain import pretrained_base
+    from trl_dde.evaluation.statistics import paired_bootstrap_ci
+
+    train, held_out = split_scenes()
+    captions = [scene.caption for scene in held_out]
+    base, _, _ = pretrained_base(train, steps=steps, output_dir=str(tmp_path / "run"), cache_dir=tmp_path / "cache")
+    untrained, _, _ = pretrained_base(train, steps=0, output_dir=str(tmp_path / "run0"), cache_dir=tmp_path / "cache")
+    repeated = [caption for caption in captions for _ in range(4)]  # sample() is prompt-major
+    trained_fidelity = evaluate(sample(base, captions, 7, 4), repeated)["fidelity"]
+    untrained_fidelity = evaluate(sample(untrained, captions, 7, 4), repeated)["fidelity"]
+    low, _ = paired_bootstrap_ci(trained_fidelity, untrained_fidelity)
+    assert low > 0, (np.mean(trained_fidelity), np.mean(untrained_fidelity))
+    assert np.mean(trained_fidelity) < 0.95  # on-prompt but imperfect: something left to align
 
 
 def test_quick_demo_writes_every_report(tmp_path, capsys):
-    """`trl-dde demo --quick` end to end with a 2-step base (about 7 s)."""
+    """`trl-dde demo --quick` end to end with a 2-step base and two workers."""
     from trl_dde.cli import main
 
-    main(["demo", "--quick", "--pretrain_steps", "2", "--strategies", "sft", "dde:mean",
-          "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")])
+    main(["demo", "--quick", "--pretrain_steps", "2", "--strategies", "sft", "dde:mean", "uniform@200-300",
+          "--workers", "2", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "| dde:mean |" in out and "| base |" in out and "{'loss'" not in out
-    for name in ("results.md", "results.json", "samples.png", "train_log.jsonl"):
+    for name in ("results.md", "results.json", "samples.png", "train_log.jsonl", "reward_curves.png",
+                 "credit_profiles.png", "corrections.png", "segments.png"):
         assert (tmp_path / "out" / name).is_file(), name
     report = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(report["results"]) == {"sft", "dde:mean"}
+    assert list(report["results"]) == ["sft", "dde:mean", "uniform@200-300"]
     assert 0.0 <= report["results"]["sft"]["beat_ratio"]["ratio"] <= 1.0
+    assert [step for step, _ in report["reward_curves"]["sft"][0]] == [1, 2]  # --quick trains 2 steps
+    assert len(report["corrections"]["dde:mean"][0]) == 1000 and report["corrections"]["sft"] == []
+    assert "| sft > base |" in (tmp_path / "out" / "results.md").read_text()  # its verdict computed from the interval
+
+
+@pytest.mark.slow
+def test_results_do_not_depend_on_the_number_of_workers(tmp_path):
+    """Each run depends only on its (method, seed): one worker and two give the same numbers."""
+    from trl_dde.cli import main
+
+    reports = []
+    for workers in (1, 2):
+        main(["demo", "--quick", "--pretrain_steps", "2", "--seeds", "2", "--strategies", "uniform", "dde",
+              "--workers", str(workers), "--cache_dir", str(tmp_path / "cache"),
+              "--output_dir", str(tmp_path / f"out{workers}")])
+        reports.append(json.loads((tmp_path / f"out{workers}" / "results.json").read_text()))
+    assert reports[0]["results"] == reports[1]["results"]
+    assert reports[0]["reward_curves"] == reports[1]["reward_curves"]

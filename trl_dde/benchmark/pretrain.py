@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, Features, Image, Value
-from transformers import PrinterCallback
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback
 
 from ..config import DDEConfig
 from ..trainer import DDEDiffusionTrainer
@@ -25,7 +26,7 @@ from .world import Scene, render
 
 __all__ = ["default_cache_dir", "pretrained_base", "scene_dataset"]
 
-PRETRAIN_VERSION = 1  # bump when the world or the pipeline changes what a pretrained base is
+PRETRAIN_VERSION = 3  # bump when the world or the pipeline changes what a pretrained base is
 
 
 def default_cache_dir() -> Path:
@@ -50,9 +51,27 @@ def scene_dataset(scenes: list[Scene], copies: int) -> Dataset:
     return Dataset.from_dict(rows, features=features)
 
 
+class StepBar(TrainerCallback):
+    """A progress bar over the optimizer steps of one training run (the trainer's own prints log dictionaries)."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.description)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
 def pretrained_base(scenes: list[Scene], steps: int, output_dir: str, cache_dir: Path | None = None,
-                    seed: int = 0, batch_size: int = 16, learning_rate: float = 1e-3):
-    """The base pipeline after ``steps`` SFT steps on ``scenes`` (loaded from the cache when present)."""
+                    seed: int = 0, batch_size: int = 16, learning_rate: float = 2e-3):
+    """``(pipeline, path, cached)``: the base pipeline after ``steps`` SFT steps on ``scenes``, the cache file holding
+    its UNet weights, and whether it was loaded from there rather than trained now."""
     settings = {"version": PRETRAIN_VERSION, "scenes": [s.caption for s in scenes], "steps": steps, "seed": seed,
                 "batch_size": batch_size, "learning_rate": learning_rate}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -61,19 +80,20 @@ def pretrained_base(scenes: list[Scene], steps: int, output_dir: str, cache_dir:
     if path.exists():
         state = torch.load(path, map_location="cpu", weights_only=True)
         pipeline.unet.load_state_dict(state["unet"])
-        return pipeline, True
+        return pipeline, path, True
     if steps:
         args = DDEConfig(
             output_dir=output_dir, loss_type="sft", max_steps=steps, per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=min(20, steps // 10),
+            learning_rate=learning_rate, lr_scheduler_type="constant",
             logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", seed=seed, use_cpu=True,
             disable_tqdm=True,
         )
-        trainer = DDEDiffusionTrainer(pipeline, args=args, train_dataset=scene_dataset(scenes, copies=2))
+        trainer = DDEDiffusionTrainer(pipeline, args=args, train_dataset=scene_dataset(scenes, copies=2),
+                                      callbacks=[StepBar("pretrain base")])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")  # renamed whole: a killed run leaves no truncated base
     torch.save({"unet": pipeline.unet.state_dict(), "settings": settings}, partial)
     os.replace(partial, path)
-    return pipeline, False
+    return pipeline, path, False

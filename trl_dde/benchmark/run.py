@@ -1,163 +1,165 @@
 """``trl-dde demo``: the offline credit-assignment benchmark, end to end.
 
-Phases (each with a progress bar): pretrain or load the cached base, make preference pairs from it, train
-every method for every seed from the same base on the same pairs, evaluate each on the held-out prompts
-against the base (same prompts, same sampling noise), write ``results.md``/``results.json`` and a sample
-grid to ``--output_dir`` and print one table. Raw training logs go to ``<output_dir>/train_log.jsonl``.
+Phases (each with a progress bar): pretrain or load the cached base, sample the base on the held-out
+prompts and make preference pairs from it, train every method for every seed from the same base on the
+same pairs (in ``--workers`` processes), then write to ``--output_dir``: ``results.md`` (table and the
+paper's claims with computed verdicts), ``results.json``, plots (``reward_curves.png``,
+``credit_profiles.png``, ``corrections.png``, ``segments.png``) and ``samples.png`` (base and every
+method, same noise), and print one table. Training logs go to ``train_log.jsonl`` and ``logs/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
-
-from ..evaluation.reports import image_grid, markdown_table, write_json
-from ..evaluation.statistics import beat_ratio, mean_std, paired_bootstrap_ci
-from .experiment import evaluate, generate, make_pairs, method_config, train_method
-from .pipeline import benchmark_pipeline
-from .pretrain import pretrained_base
-from .world import split_scenes
 
 __all__ = ["add_demo_arguments", "run_demo"]
 
-METHODS = ["sft", "uniform", "discounted", "dde", "dde:mean", "dde-single", "dde-step",
-           "dde-step:mean", "uniform@200-700"]
-DEFAULTS = {"pretrain_steps": 300, "steps": 40, "seeds": 3, "samples_per_prompt": 4, "pair_prompts": 83}
-QUICK = {"pretrain_steps": 10, "steps": 1, "seeds": 1, "samples_per_prompt": 2, "pair_prompts": 8}
+METHODS = ["sft", "uniform", "discounted", "dde", "dde:mean", "dde-single", "dde-step", "dde-step:mean",
+           "uniform@200-700", "segments"]
+DEFAULTS = {"pretrain_steps": 300, "steps": 20, "seeds": 3, "samples_per_prompt": 4, "pair_prompts": 83,
+            "eval_images": 2, "learning_rate": 5e-3, "beta": 5000.0}
+QUICK = {**DEFAULTS, "pretrain_steps": 10, "steps": 2, "seeds": 1, "samples_per_prompt": 2, "pair_prompts": 8,
+         "eval_images": 1}
 
 
 def _method(spec: str) -> str:
-    try:
-        method_config(spec)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
+    from .experiment import method_config
+
+    if spec != "segments":
+        try:
+            method_config(spec)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
     return spec
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", nargs="+", default=METHODS, type=_method, metavar="METHOD",
                         help="methods to compare: sft, a credit strategy (registered name or package.module:ClassName), "
-                             f"dde:mean or dde-step:mean (correction_reduction=mean), uniform@LOW-HIGH (default: {' '.join(METHODS)})")
+                             "dde:mean or dde-step:mean (correction_reduction=mean), uniform@LOW-HIGH (uniform credit on "
+                             f"[LOW, HIGH) only), segments (uniform on each 10%% of τ) (default: {' '.join(METHODS)})")
     parser.add_argument("--quick", action="store_true", help="a < 1 min smoke run: tiny pretraining, 2 steps, 1 seed")
     parser.add_argument("--seeds", type=int, default=None, help=f"seeds per method (default: {DEFAULTS['seeds']})")
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {DEFAULTS['steps']})")
     parser.add_argument("--pretrain_steps", type=int, default=None,
                         help=f"SFT steps of the base (default: {DEFAULTS['pretrain_steps']}; cached)")
+    parser.add_argument("--learning_rate", type=float, default=None,
+                        help=f"LoRA learning rate of every method (default: {DEFAULTS['learning_rate']})")
+    parser.add_argument("--beta", type=float, default=None, help=f"DPO β of every method (default: {DEFAULTS['beta']:g})")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes training runs side by side, one thread each (default: the number of CPU cores)")
     parser.add_argument("--cache_dir", default=None, help="where pretrained bases are cached (default: ~/.cache/trl-dde)")
     parser.add_argument("--output_dir", default=None, help="where reports are written (default: a temporary folder)")
 
 
 def _settings(options: argparse.Namespace) -> dict:
     base = QUICK if options.quick else DEFAULTS
-    return {name: getattr(options, name, None) if getattr(options, name, None) is not None else value
-            for name, value in base.items()}
+    settings = {name: getattr(options, name, None) if getattr(options, name, None) is not None else value
+                for name, value in base.items()}
+    for name, value in settings.items():
+        low = 0 if name == "pretrain_steps" else 1 if isinstance(DEFAULTS[name], int) else 0
+        if value < low or (value == 0 and isinstance(DEFAULTS[name], float)):
+            raise ValueError(f"--{name} must be {'positive' if isinstance(DEFAULTS[name], float) else f'at least {low}'}"
+                             f", got {value}.")
+    return settings
 
 
-def _summarise(scores: dict, base: dict, images: list, base_images: list) -> dict:
-    tuned_pref, base_pref = np.concatenate(scores["preference"]), np.concatenate(base["preference"])
-    distance = [float(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() / 255)
-                for a, b in zip(images, base_images)]
-    return {"preference": mean_std(tuned_pref).to_dict(),
-            "preference_per_seed": [float(np.mean(s)) for s in scores["preference"]],
-            "beat_ratio": beat_ratio(tuned_pref, base_pref).to_dict(),
-            "difference_ci95": paired_bootstrap_ci(tuned_pref, base_pref),
-            "fidelity": mean_std(np.concatenate(scores["fidelity"])).to_dict(),
-            "distance_from_base": float(np.mean(distance))}
+def _refuse_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("trl-dde demo runs its methods side by side in its own worker processes; start it as one "
+                         "process (`trl-dde demo --workers N`), not under torchrun or accelerate launch.")
+
+
+def eval_seed(seed: int) -> int:
+    """The sampling seed of the held-out evaluation of training seed ``seed`` (base and methods alike)."""
+    return 10_000 * (seed + 1)
 
 
 def run_demo(options: argparse.Namespace) -> dict:
     """Run every phase; returns what ``results.json`` holds."""
+    from ..evaluation.loading import quiet_libraries
+    from ..evaluation.reports import image_grid, write_json
+    from .experiment import evaluate, expand_methods, make_pairs, sample
+    from .plots import write_plots
+    from .pretrain import pretrained_base
+    from .report import claims, markdown_report, table
+    from .workers import run_parallel
+    from .world import split_scenes
+
+    _refuse_distributed()
     settings = _settings(options)
+    methods = expand_methods(options.strategies)
+    workers = options.workers or os.cpu_count() or 1
     output = Path(options.output_dir or tempfile.mkdtemp(prefix="trl-dde-demo-"))
     output.mkdir(parents=True, exist_ok=True)
     train_scenes, held_out = split_scenes()
     captions = [scene.caption for scene in held_out]
-    start = time.perf_counter()
-    with tqdm(total=1, desc="pretrain base") as bar:
-        base, cached = pretrained_base(train_scenes, settings["pretrain_steps"], str(output / "pretrain"),
-                                       Path(options.cache_dir) / "benchmark" if options.cache_dir else None)
-        bar.update()
-    base_state = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    eval_captions = [caption for caption in captions for _ in range(settings["eval_images"])]
     seeds = list(range(settings["seeds"]))
-    base_images = {seed: generate(base, captions, 10_000 * (seed + 1)) for seed in tqdm(seeds, desc="base samples")}
-    base_scores = {"preference": [], "fidelity": []}
-    for seed in seeds:
-        for name, values in evaluate(base_images[seed], captions).items():
-            base_scores[name].append(values)
-    pairs = make_pairs(base, train_scenes[:settings["pair_prompts"]], settings["samples_per_prompt"], seed=0)
-    ties = int(sum(label == 0.5 for label in pairs["label_0"]))
-    results, curves, grid_rows = {}, {}, [base_images[0][:8]]
-    log = (output / "train_log.jsonl").open("w")
-    runs = [(method, seed) for method in options.strategies for seed in seeds]
-    scores = {method: {"preference": [], "fidelity": []} for method in options.strategies}
-    images_by_method = {method: [] for method in options.strategies}
-    for method, seed in tqdm(runs, desc="train + evaluate"):
-        pipeline = benchmark_pipeline(seed=0)
-        pipeline.unet.load_state_dict(base_state)
-        history = train_method(pipeline, method, pairs, settings["steps"], seed, str(output / "runs" / method))
-        log.write(json.dumps({"method": method, "seed": seed, "log_history": history}) + "\n")
-        curves.setdefault(method, []).append([(e["step"], e["loss"]) for e in history if "loss" in e])
-        images = generate(pipeline, captions, 10_000 * (seed + 1))
-        for name, values in evaluate(images, captions).items():
-            scores[method][name].append(values)
-        images_by_method[method] += images
-        if seed == 0:
-            grid_rows.append(images[:8])
-    log.close()
-    all_base = [image for seed in seeds for image in base_images[seed]]
-    for method in options.strategies:
-        results[method] = _summarise(scores[method], base_scores, images_by_method[method], all_base)
-    base_summary = {"preference": mean_std(np.concatenate(base_scores["preference"])).to_dict(),
-                    "fidelity": mean_std(np.concatenate(base_scores["fidelity"])).to_dict()}
-    report = {"settings": settings, "methods": options.strategies, "base_cached": cached, "pairs": len(pairs),
-              "ties": ties, "held_out_prompts": len(captions), "base": base_summary, "results": results,
-              "loss_curves": curves, "seconds": time.perf_counter() - start}
+    start = time.perf_counter()
+    with quiet_libraries():
+        base, base_path, cached = pretrained_base(train_scenes, settings["pretrain_steps"], str(output / "pretrain"),
+                                                  Path(options.cache_dir) / "benchmark" if options.cache_dir else None)
+        base_images = {seed: sample(base, captions, eval_seed(seed), settings["eval_images"])
+                       for seed in tqdm(seeds, desc="base samples")}
+        with tqdm(total=1, desc="preference pairs") as bar:
+            pairs = make_pairs(base, train_scenes[:settings["pair_prompts"]], settings["samples_per_prompt"], seed=0)
+            bar.update()
+        pairs.save_to_disk(str(output / "pairs"))
+    tasks = [{"method": method, "seed": seed, "steps": settings["steps"], "output_dir": str(output / "runs" / method.replace(":", "_") / f"seed-{seed}"),
+              "eval_captions": captions, "eval_seed": eval_seed(seed), "images_per_prompt": settings["eval_images"],
+              "learning_rate": settings["learning_rate"], "beta": settings["beta"]}
+             for method in methods for seed in seeds]
+    runs = {}
+    for result in tqdm(run_parallel(tasks, min(workers, len(tasks)), base_path, output / "pairs", output / "logs"),
+                       total=len(tasks), desc=f"train + evaluate ({min(workers, len(tasks))} workers)"):
+        runs[result.method, result.seed] = result
+    report = _report(settings, methods, runs, base_images, eval_captions, seeds, pairs, cached)
+    report.update(held_out_prompts=len(captions), workers=min(workers, len(tasks)), seconds=time.perf_counter() - start)
+    report["claims"] = claims({"base": [v for s in seeds for v in evaluate(base_images[s], eval_captions)["preference"]],
+                               **{m: [v for s in seeds for v in runs[m, s].scores["preference"]] for m in methods}})
+    with (output / "train_log.jsonl").open("w", encoding="utf-8") as log:
+        for (method, seed), run in sorted(runs.items()):
+            log.write(json.dumps({"method": method, "seed": seed, "log_history": run.log_history}) + "\n")
     write_json(output / "results.json", report)
-    image_grid(grid_rows, row_labels=["base"] + list(options.strategies)).save(output / "samples.png")
-    table = _table(report)
-    (output / "results.md").write_text(_markdown(report, table))
-    print("\n" + table)
-    print(f"\nreports in {output} (results.md, results.json, samples.png, train_log.jsonl)")
+    (output / "results.md").write_text(markdown_report(report), encoding="utf-8")
+    write_plots(report, base.scheduler.alphas_cumprod, output)
+    per_prompt = settings["eval_images"]
+    grid = [base_images[0][::per_prompt]] + [runs[method, 0].images[::per_prompt] for method in methods]
+    image_grid(grid, row_labels=["base"] + methods).save(output / "samples.png")
+    print("\n" + table(report))
+    print(f"\nreports in {output}: results.md (with the paper's claims), results.json, samples.png, reward_curves.png, "
+          "credit_profiles.png, corrections.png, segments.png; logs in train_log.jsonl and logs/")
     return report
 
 
-def _rows(report: dict) -> list[list]:
-    base = report["base"]
-    rows = [["base", f"{base['preference']['mean']:.3f} ± {base['preference']['std']:.3f}", "-", "-",
-             f"{base['fidelity']['mean']:.3f}", "0"]]
-    for method, r in report["results"].items():
-        low, high = r["difference_ci95"]
-        rows.append([method, f"{r['preference']['mean']:.3f} ± {r['preference']['std']:.3f}",
-                     f"{r['beat_ratio']['ratio']:.3f} ± {r['beat_ratio']['stderr']:.3f}", f"[{low:+.3f}, {high:+.3f}]",
-                     f"{r['fidelity']['mean']:.3f}", f"{r['distance_from_base']:.3f}"])
-    return rows
+def _report(settings, methods, runs, base_images, eval_captions, seeds, pairs, cached) -> dict:
+    from ..evaluation.statistics import mean_std
+    from .experiment import evaluate
+    from .report import diversity, summarise
 
-
-HEADERS = ["method", "preference", "beat ratio vs base", "Δ vs base (95% CI)", "fidelity", "distance from base"]
-
-
-def _table(report: dict) -> str:
-    return markdown_table(HEADERS, _rows(report))
-
-
-def _markdown(report: dict, table: str) -> str:
-    s = report["settings"]
-    return (f"# trl-dde demo: credit-assignment benchmark\n\n"
-            f"Base: {s['pretrain_steps']} SFT steps (cached: {report['base_cached']}); {report['pairs']} pairs "
-            f"({report['ties']} ties) from {s['samples_per_prompt']} base samples per training prompt; every method: "
-            f"LoRA r=8, {s['steps']} steps x 8 pairs, {s['seeds']} seed(s); evaluation: {report['held_out_prompts']} "
-            f"held-out prompts x {s['seeds']} seed(s), the same sampling noise for base and tuned models.\n\n"
-            f"{table}\n\n"
-            "preference = fidelity + 0.15 x clean background (0-1.15); beat ratio: share of held-out images scoring "
-            "above the base's image of the same prompt and noise (ties 1/2), with its binomial standard error; "
-            "Δ: paired bootstrap interval of the mean preference difference; distance from base: mean absolute "
-            "pixel difference (0-1) to the base's image, a collapse/hacking signal.\n\n"
-            "What this shows and does not: the numbers compare methods on one small world with few steps and seeds; "
-            "a difference whose interval overlaps another method's is not a ranking. Read the intervals before "
-            "reading the order.\n")
+    all_captions = eval_captions * len(seeds)
+    base_flat = [image for seed in seeds for image in base_images[seed]]
+    base_scores = evaluate(base_flat, all_captions)
+    results, curves, corrections = {}, {}, {}
+    for method in methods:
+        own = [runs[method, seed] for seed in seeds]
+        scores = {name: [v for run in own for v in run.scores[name]] for name in ("preference", "fidelity")}
+        images = [image for run in own for image in run.images]
+        results[method] = summarise(scores, base_scores, images, base_flat, all_captions)
+        results[method]["preference_per_seed"] = [sum(run.scores["preference"]) / len(run.scores["preference"]) for run in own]
+        curves[method] = [run.curve for run in own]
+        corrections[method] = [run.corrections for run in own if run.corrections is not None]
+    return {"settings": settings, "methods": methods, "base_cached": cached, "pairs": len(pairs),
+            "ties": int(sum(label == 0.5 for label in pairs["label_0"])),
+            "base": {"preference": mean_std(base_scores["preference"]).to_dict(),
+                     "fidelity": mean_std(base_scores["fidelity"]).to_dict(),
+                     "diversity": diversity(base_flat, all_captions)},
+            "results": results, "reward_curves": curves, "corrections": corrections}

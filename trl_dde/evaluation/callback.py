@@ -46,6 +46,7 @@ class ValidationCallback(TrainerCallback):
             logged as ``validation/<name>`` and appended to ``output_dir/scores.jsonl``.
         report_to: trackers to log to (``"tensorboard"``, ``"wandb"``); others are ignored.
         autocast_dtype: run generation under ``torch.autocast`` in this dtype (the trainer's mixed precision).
+        batch_size: images per pipeline call (prompts are batched together).
     """
 
     def __init__(
@@ -62,11 +63,12 @@ class ValidationCallback(TrainerCallback):
         scorer=None,
         report_to: Sequence[str] = (),
         autocast_dtype: torch.dtype | None = None,
+        batch_size: int = 8,
     ):
         if not prompts:
             raise ValueError("ValidationCallback needs at least one prompt.")
-        if every_n_steps < 1 or num_images_per_prompt < 1 or num_inference_steps < 1:
-            raise ValueError("every_n_steps, num_images_per_prompt and num_inference_steps must be at least 1.")
+        if every_n_steps < 1 or num_images_per_prompt < 1 or num_inference_steps < 1 or batch_size < 1:
+            raise ValueError("every_n_steps, num_images_per_prompt, num_inference_steps and batch_size must be at least 1.")
         self.pipeline = pipeline
         self.prompts = list(prompts)
         self.output_dir = Path(output_dir)
@@ -80,6 +82,7 @@ class ValidationCallback(TrainerCallback):
         self.scorer = None
         self.report_to = set(report_to or ())
         self.autocast_dtype = autocast_dtype
+        self.batch_size = batch_size
         self._tensorboard = None
 
     @classmethod
@@ -137,17 +140,19 @@ class ValidationCallback(TrainerCallback):
                 module.to(where)
 
     def generate(self) -> list[list]:
-        """``images[prompt][image]`` for the validation prompts and seeds, with the current weights."""
+        """``images[prompt][image]`` for the validation prompts and seeds, with the current weights, ``batch_size``
+        images per pipeline call (each from its own seeded generator, so batching does not change the noise)."""
         self.pipeline.set_progress_bar_config(disable=True)
-        images = []
+        items = [(prompt, image_seed(self.seed, p, j)) for p, prompt in enumerate(self.prompts)
+                 for j in range(self.num_images_per_prompt)]
+        flat = []
         with self._generation_mode():
-            for p, prompt in enumerate(self.prompts):
-                generators = [torch.Generator("cpu").manual_seed(image_seed(self.seed, p, j))
-                              for j in range(self.num_images_per_prompt)]
-                output = self.pipeline(prompt=[prompt] * len(generators), generator=generators, output_type="pil",
-                                       **self.call_kwargs)
-                images.append(output.images)
-        return images
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                flat += self.pipeline(prompt=[prompt for prompt, _ in chunk], output_type="pil", **self.call_kwargs,
+                                      generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in chunk]).images
+        count = self.num_images_per_prompt
+        return [flat[p * count:(p + 1) * count] for p in range(len(self.prompts))]
 
     def validate(self, step: int) -> list[list]:
         """Generate, write and log the images of ``step``; returns them as ``images[prompt][image]``."""

@@ -65,10 +65,11 @@ def _silence(logging_module) -> tuple:
 
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
-    """Hide transformers' and diffusers' progress bars, warnings and load reports for the duration."""
+    """Hide transformers', diffusers' and datasets' progress bars, warnings and load reports for the duration."""
+    from datasets.utils import logging as datasets_logging
     from transformers.utils import logging as transformers_logging
 
-    saved = [_silence(transformers_logging)]
+    saved = [_silence(transformers_logging), _silence(datasets_logging)]
     from diffusers.utils import logging as diffusers_logging  # imported second: importing diffusers warns via transformers
 
     saved.append(_silence(diffusers_logging))
