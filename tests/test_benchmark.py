@@ -174,19 +174,26 @@ def _assert_base_beats_untrained(tmp_path, steps):
     assert np.mean(trained_fidelity) < 0.95  # on-prompt but imperfect: something left to align
 
 
-def test_quick_demo_writes_every_report(tmp_path, capsys):
-    """`trl-dde demo --quick` end to end with a 2-step base and two workers."""
+def test_quick_demo_writes_every_report(tmp_path, capsys, monkeypatch):
+    """`trl-dde demo --quick` end to end with a 2-step base and two workers, a strategy of the user's own included
+    (a module in the current folder, imported by the worker processes)."""
     from trl_dde.cli import main
 
+    (tmp_path / "my_credit.py").write_text("from trl_dde.credit.uniform import UniformCredit\n\n\n"
+                                           "class HalfUniform(UniformCredit):\n"
+                                           "    def margin(self, outputs):\n"
+                                           "        return 0.5 * super().margin(outputs)\n")
+    monkeypatch.chdir(tmp_path)
     main(["demo", "--quick", "--pretrain_steps", "2", "--strategies", "sft", "dde:mean", "uniform@200-300",
-          "--workers", "2", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")])
+          "my_credit:HalfUniform", "--workers", "2", "--cache_dir", str(tmp_path / "cache"),
+          "--output_dir", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "| dde:mean |" in out and "| base |" in out and "{'loss'" not in out
     for name in ("results.md", "results.json", "samples.png", "train_log.jsonl", "reward_curves.png",
                  "credit_profiles.png", "corrections.png", "segments.png"):
         assert (tmp_path / "out" / name).is_file(), name
     report = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert list(report["results"]) == ["sft", "dde:mean", "uniform@200-300"]
+    assert list(report["results"]) == ["sft", "dde:mean", "uniform@200-300", "my_credit:HalfUniform"]
     assert 0.0 <= report["results"]["sft"]["beat_ratio"]["ratio"] <= 1.0
     assert [step for step, _ in report["reward_curves"]["sft"][0]] == [1, 2]  # --quick trains 2 steps
     assert len(report["corrections"]["dde:mean"][0]) == 1000 and report["corrections"]["sft"] == []
