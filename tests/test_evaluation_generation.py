@@ -110,7 +110,7 @@ def test_seeds_belong_to_the_prompt_and_image_index():
     assert image_seed(1, 0, 0) != image_seed(0, 0, 0)
 
 
-def test_bad_eval_requests_fail_before_anything_is_loaded(tmp_path, capsys):
+def test_bad_eval_requests_fail_before_anything_is_loaded(tmp_path, capsys, pipeline_folder):
     with pytest.raises(SystemExit, match="--model .* is required"):
         main(["eval", "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"unknown scorer\(s\) \['pickscor'\]"):
@@ -119,7 +119,9 @@ def test_bad_eval_requests_fail_before_anything_is_loaded(tmp_path, capsys):
         main(["eval", "--model", "x", "--scorers", "clip", "--scorer_kwargs", '{"hpsv2": {}}'])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no LoRA weights"):
-        main(["eval", "--model", "unused", "--adapter", str(tmp_path / "empty"), "--output_dir", str(tmp_path)])
+        main(["eval", "--model", pipeline_folder, "--adapter", str(tmp_path / "empty"), "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="missing is not a pipeline folder: it has no model_index.json"):
+        main(["eval", "--model", str(tmp_path / "missing"), "--output_dir", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="has no generation.json"):
         main(["eval", "--rescore", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="exactly one of adapter"):

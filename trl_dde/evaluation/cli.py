@@ -147,12 +147,18 @@ def run_eval(options: argparse.Namespace) -> dict:
     if options.rescore:
         images = PairedImages.load(options.output_dir)
     else:
+        from ..families.registry import family_class_for
+
         try:
             models = [parse_model_spec(text, "adapter") for text in options.adapter]
             models += [parse_model_spec(text, "unet") for text in options.unet]
             settings = GenerationSettings(options.num_images_per_prompt, options.seed, options.num_inference_steps,
                                           options.guidance_scale, options.resolution, options.batch_size)
         except ValueError as error:
+            _fail(str(error))
+        try:
+            family_class_for(options.model)  # reads model_index.json only: a wrong --model fails before any weight loads
+        except (ValueError, OSError) as error:  # FileNotFoundError is an OSError
             _fail(str(error))
         prompts = load_prompts(options.prompts, column=options.prompt_column, split=options.prompt_split,
                                max_prompts=options.max_prompts)

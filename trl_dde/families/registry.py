@@ -36,6 +36,12 @@ def family_class_for(pipeline: DiffusionPipeline | str | os.PathLike, revision: 
         class_name = type(pipeline).__name__
         matches = [cls for cls in FAMILIES.classes() if isinstance(pipeline, cls.pipeline_class)]
     else:
+        location = str(pipeline)
+        if location.startswith((".", "/", "~")) and not os.path.isfile(os.path.join(os.path.expanduser(location),
+                                                                                    "model_index.json")):
+            raise FileNotFoundError(f"{location} is not a pipeline folder: it has no model_index.json (a folder written "
+                                    "by pipeline.save_pretrained(), or a Hub id such as "
+                                    "'stable-diffusion-v1-5/stable-diffusion-v1-5').")
         class_name = DiffusionPipeline.load_config(pipeline, revision=revision).get("_class_name")
         matches = [cls for cls in FAMILIES.classes() if cls.pipeline_class.__name__ == class_name]
     if not matches:
