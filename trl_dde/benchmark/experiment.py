@@ -62,13 +62,16 @@ def method_config(method: str) -> dict:
     return {"credit": method}
 
 
-def sample(pipeline, captions: list[str], seed: int, images_per_caption: int = 1) -> list:
-    """``images_per_caption`` images per caption, prompt-major; image ``j`` of caption ``i`` from ``image_seed(seed, i, j)``."""
+def sample(pipeline, captions: list[str], seed: int, images_per_caption: int = 1, progress: str | None = None) -> list:
+    """``images_per_caption`` images per caption, prompt-major; image ``j`` of caption ``i`` from ``image_seed(seed, i, j)``;
+    a progress bar over the batches when ``progress`` names it."""
+    from tqdm.auto import tqdm
+
     pipeline.unet.eval()
     pipeline.set_progress_bar_config(disable=True)
     items = [(caption, image_seed(seed, i, j)) for i, caption in enumerate(captions) for j in range(images_per_caption)]
     images = []
-    for start in range(0, len(items), SAMPLING.batch_size):
+    for start in tqdm(range(0, len(items), SAMPLING.batch_size), desc=progress, disable=progress is None):
         chunk = items[start:start + SAMPLING.batch_size]
         images += render(pipeline, [caption for caption, _ in chunk], [s for _, s in chunk], SAMPLING)
     return images
@@ -85,7 +88,7 @@ def make_pairs(pipeline, scenes: list[Scene], samples_per_prompt: int, seed: int
     by the benchmark's preference (``label_0`` 1, 0, or 0.5 for a tie)."""
     from datasets import Dataset, Features, Value
 
-    images = sample(pipeline, [scene.caption for scene in scenes], seed, samples_per_prompt)
+    images = sample(pipeline, [scene.caption for scene in scenes], seed, samples_per_prompt, progress="preference pairs")
     rows = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": []}
     for index, scene in enumerate(scenes):
         own = images[index * samples_per_prompt:(index + 1) * samples_per_prompt]

@@ -109,9 +109,7 @@ def run_demo(options: argparse.Namespace) -> dict:
                                                   Path(options.cache_dir) / "benchmark" if options.cache_dir else None)
         base_images = {seed: sample(base, captions, eval_seed(seed), settings["eval_images"])
                        for seed in tqdm(seeds, desc="base samples")}
-        with tqdm(total=1, desc="preference pairs") as bar:
-            pairs = make_pairs(base, train_scenes[:settings["pair_prompts"]], settings["samples_per_prompt"], seed=0)
-            bar.update()
+        pairs = make_pairs(base, train_scenes[:settings["pair_prompts"]], settings["samples_per_prompt"], seed=0)
         pairs.save_to_disk(str(output / "pairs"))
     tasks = [{"method": method, "seed": seed, "steps": settings["steps"], "output_dir": str(output / "runs" / method.replace(":", "_") / f"seed-{seed}"),
               "eval_captions": captions, "eval_seed": eval_seed(seed), "images_per_prompt": settings["eval_images"],
