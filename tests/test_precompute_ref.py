@@ -223,15 +223,19 @@ def test_shards_are_split_between_processes_and_written_atomically(tmp_path):
         cache.lookup([0], [1], torch.device("cpu"))
 
 
-@pytest.mark.slow  # ~25 s on 2 cores; test_shards_are_split_between_processes_and_written_atomically is the fast cover
-def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
-    port = free_port()
+def run_two_processes(worker: str, tmp_path) -> list[dict]:
+    """Run ``tests/<worker>`` on 2 gloo processes; what each rank saved (``rank<r>.pt`` in ``tmp_path``)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-               os.path.join(os.path.dirname(__file__), "precompute_ref_worker.py"), str(tmp_path)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               os.path.join(os.path.dirname(__file__), worker), str(tmp_path)]
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+
+@pytest.mark.slow  # ~25 s on 2 cores; test_shards_are_split_between_processes_and_written_atomically is the fast cover
+def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
+    ranks = run_two_processes("precompute_ref_worker.py", tmp_path)
     # 16 pairs in shards of 4, two epochs (5 steps of 2 pairs on each of 2 ranks): each rank wrote its own shards
     shards = {f"epoch-{e:04d}-shard-{s:05d}.safetensors" for e in (0, 1) for s in range(4)}
     assert set(ranks[0]["written"]) | set(ranks[1]["written"]) == shards
@@ -245,6 +249,13 @@ def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
     assert not torch.equal(ranks[0][True]["losses"], ranks[1][True]["losses"])  # the ranks trained different pairs
 
 
+def test_the_pass_plans_the_epochs_accelerate_gives_each_process(tmp_path):
+    """Two processes with dataloader_drop_last: each gets floor(floor(7 / 2) / 2) = 1 batch an epoch, so 3 steps
+    are 3 epochs; the pass covers exactly those (not the 2 of a count that divides the pairs first)."""
+    for rank in run_two_processes("precompute_ref_epochs_worker.py", tmp_path):
+        assert rank["epochs_seen"] == [0, 1, 2] and rank["cached_epochs"] == 3
+
+
 def test_resumed_full_fine_tune_reads_the_cache_and_matches_the_uninterrupted_run(tmp_path, data):
     whole = train(tmp_path, data, False, credit="dde", precompute_ref=True, save_strategy="steps", save_steps=2)
     checkpoint = os.path.join(whole.args.output_dir, "checkpoint-2")
@@ -255,6 +266,33 @@ def test_resumed_full_fine_tune_reads_the_cache_and_matches_the_uninterrupted_ru
     resumed.train(resume_from_checkpoint=checkpoint)  # the policy is loaded after the cache was found complete
     assert resumed.reference_cache.folder == whole.reference_cache.folder
     torch.testing.assert_close(torch.stack(resumed.losses), torch.stack(whole.losses)[2:], rtol=1e-6, atol=1e-7)
+
+
+class EpochRecordingTrainer(RecordingTrainer):
+    """Keeps each training step's pair epoch too."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.epochs.extend(inputs[PAIR_EPOCH])
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def test_a_run_resumed_in_a_later_epoch_draws_that_epoch(tmp_path, data):
+    """Resumed at step 4 (3 steps an epoch): the skipped-batch loader of the resumed epoch does not pass the epoch
+    on to the pairs; the trainer does, so the crops, flips, draws and losses are the uninterrupted run's."""
+    def run(resume_from_checkpoint=None):
+        args = make_args(tmp_path, max_steps=5, credit="uniform", pair_seeded_draws=True, save_strategy="steps",
+                         save_steps=4, random_flip=True)
+        trainer = EpochRecordingTrainer(tiny_sd15_pipeline(seed=0), args=args, train_dataset=data,
+                                        peft_config=lora_config())
+        trainer.losses, trainer.epochs = [], []
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        return trainer
+
+    whole = run()
+    assert whole.epochs == [0] * 12 + [1] * 8
+    resumed = run(os.path.join(whole.args.output_dir, "checkpoint-4"))
+    assert resumed.epochs == [1] * 4
+    torch.testing.assert_close(torch.stack(resumed.losses), torch.stack(whole.losses)[4:], rtol=1e-6, atol=1e-7)
 
 
 class SNRWeighted(UniformCredit):

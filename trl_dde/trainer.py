@@ -110,6 +110,19 @@ class _CreditOptimizerStep(TrainerCallback):
         self.credit.on_optimizer_step()
 
 
+class _PairEpoch(TrainerCallback):
+    """Sets the training pairs' epoch (their crops, flips and per-pair draws follow it) as transformers starts each
+    epoch. accelerate's ``set_epoch`` does not reach the dataset when a sampler below it takes the epoch (under
+    several processes, and in the batch-skipping loader of a resumed epoch), which would replay epoch 0's draws."""
+
+    def __init__(self, pairs: PreferencePairs):
+        self.pairs = pairs
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch: the epochs done plus the part of this one a resumed run already trained (exact at epoch ends)
+        self.pairs.set_epoch(math.floor(state.epoch))
+
+
 class DDEDiffusionTrainer(Trainer):
     """Trainer for Direct Preference Optimization of diffusion pipelines with a credit strategy.
 
@@ -211,6 +224,8 @@ class DDEDiffusionTrainer(Trainer):
         super().__init__(model=denoiser, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks, optimizers=optimizers)
         self.add_callback(_CreditOptimizerStep(self.credit))
+        if isinstance(self.train_dataset, PreferencePairs):
+            self.add_callback(_PairEpoch(self.train_dataset))
         validation = ValidationCallback.from_config(args, self.pipeline)
         if validation is not None:
             self.add_callback(validation)
@@ -485,14 +500,10 @@ class DDEDiffusionTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
     def _planned_epochs(self) -> int:
-        """How many epochs ``train`` will start (transformers' count, from the dataloader length per process)."""
-        args = self.args
-        per_process = math.ceil(len(self.train_dataset) / args.world_size)
-        batches = (per_process // self._train_batch_size if args.dataloader_drop_last
-                   else math.ceil(per_process / self._train_batch_size))
-        steps_per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
-        max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-        return math.ceil(max_steps / steps_per_epoch)
+        """How many epochs ``train`` will start: transformers' own count (``set_initial_training_values``) from this
+        process's training dataloader, whose length accelerate's sharding sets (``dataloader_drop_last``,
+        ``even_batches``), not a re-derivation of it."""
+        return self.set_initial_training_values(self.args, self.get_train_dataloader())[0]
 
     def _reference_cache_key(self, reference: torch.nn.Module) -> tuple[str, dict]:
         """The cache folder's key and a description: everything the reference terms depend on."""

@@ -153,8 +153,8 @@ class PreferencePairs(torch.utils.data.Dataset):
 
     The seed is a hash of ``(seed, epoch, row index)``, so a pair's crop and flip depend neither on the
     order rows are drawn in nor on which dataloader worker collates them: a resumed run re-draws exactly
-    the augmentations of an uninterrupted one, and each epoch draws new ones (accelerate forwards
-    ``set_epoch``). Drawing them from torch's global RNG in the collator would break exact resume,
+    the augmentations of an uninterrupted one, and each epoch draws new ones (the trainer sets the epoch
+    as each starts). Drawing them from torch's global RNG in the collator would break exact resume,
     because transformers fetches the first batch after a resume before it restores the RNG state.
     Rows carry their index and the epoch too (``pair_index``, ``pair_epoch``), for the per-pair draws of
     ``draws.py``.
