@@ -199,6 +199,17 @@ def test_cache_is_reused_resumed_shard_by_shard_and_keyed_by_what_it_depends_on(
     for overrides in ({"seed": 1}, {"credit_kwargs": {"error_space": "prediction"}}, {"pipeline_seed": 1}):
         other = train(tmp_path, data, True, credit="uniform", precompute_ref=True, max_steps=1, **overrides)
         assert other.reference_cache.folder != folder
+    # a strategy class of its own with the same name, options and term keys has other terms: another folder
+    alphas_cumprod = tiny_sd15_pipeline(seed=0).scheduler.alphas_cumprod
+    other = train(tmp_path, data, True, credit=DoubledUniform(alphas_cumprod), precompute_ref=True, max_steps=1)
+    assert other.reference_cache.folder != folder
+
+
+class DoubledUniform(UniformCredit):
+    """Uniform's name, options (``extra_repr``) and term keys, twice its reference terms."""
+
+    def reference_terms(self, outputs):
+        return {key: 2 * value for key, value in super().reference_terms(outputs).items()}
 
 
 def test_shards_are_split_between_processes_and_written_atomically(tmp_path):
