@@ -203,6 +203,10 @@ def test_cache_is_reused_resumed_shard_by_shard_and_keyed_by_what_it_depends_on(
     alphas_cumprod = tiny_sd15_pipeline(seed=0).scheduler.alphas_cumprod
     other = train(tmp_path, data, True, credit=DoubledUniform(alphas_cumprod), precompute_ref=True, max_steps=1)
     assert other.reference_cache.folder != folder
+    # the per-pair generators' device type: a CUDA generator draws other timesteps and noise than a CPU one
+    key, _ = again._reference_cache_key(again.model)
+    again.draws.device = torch.device("cuda")
+    assert again._reference_cache_key(again.model)[0] != key
 
 
 class DoubledUniform(UniformCredit):

@@ -513,8 +513,8 @@ class DDEDiffusionTrainer(Trainer):
             "reference_weights": weights_hash([reference], skip="lora_"),
             "encoder_weights": weights_hash([self.family.vae, *self.family.text_encoders]),
             "data": getattr(self.train_dataset.dataset, "_fingerprint", None), "num_pairs": len(self.train_dataset),
-            "seed": args.seed, "credit": f"{type(self.credit).__module__}.{type(self.credit).__qualname__}"
-                                         f"({self.credit.extra_repr()})",
+            "seed": args.seed, "draws_device": self.draws.device.type,  # CPU and CUDA generators draw other numbers
+            "credit": f"{type(self.credit).__module__}.{type(self.credit).__qualname__}({self.credit.extra_repr()})",
             "sampling": cache_key(self.credit.sampling_probabilities().tolist()),
             "process": f"{type(process).__name__}/{process.prediction_type}/{cache_key(tables.tolist())}",
             "data_options": [args.resolution, args.random_crop, args.random_flip, args.precompute_latents,
