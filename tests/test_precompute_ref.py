@@ -283,6 +283,34 @@ def test_resumed_full_fine_tune_reads_the_cache_and_matches_the_uninterrupted_ru
     torch.testing.assert_close(torch.stack(resumed.losses), torch.stack(whole.losses)[2:], rtol=1e-6, atol=1e-7)
 
 
+def test_a_failed_pass_is_retried_with_the_given_reference(tmp_path, data, monkeypatch):
+    """Full fine-tuning with a ref_model: a pass that failed (say, an unshared cache folder) leaves the given
+    reference in place, so a second train() computes its terms, not the denoiser's."""
+    import trl_dde.trainer as trainer_module
+
+    def trainer_given_a_reference():
+        args = make_args(tmp_path, credit="uniform", max_steps=1, precompute_ref=True,
+                         precompute_ref_cache_dir=str(tmp_path / "cache"))
+        return DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), ref_model=tiny_sd15_pipeline(seed=1).unet, args=args,
+                                   train_dataset=data)
+
+    direct = trainer_given_a_reference()
+    direct.train()
+    denoiser = train(tmp_path, data, False, credit="uniform", precompute_ref=True, max_steps=1)
+    assert direct.reference_cache.folder != denoiser.reference_cache.folder
+    retried, build = trainer_given_a_reference(), trainer_module.build_reference_cache
+
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(trainer_module, "build_reference_cache", build)
+        raise FileNotFoundError("the cache folder is not shared")
+
+    monkeypatch.setattr(trainer_module, "build_reference_cache", fail_once)
+    with pytest.raises(FileNotFoundError, match="not shared"):
+        retried.train()
+    retried.train()
+    assert retried.reference_cache.folder == direct.reference_cache.folder
+
+
 class EpochRecordingTrainer(RecordingTrainer):
     """Keeps each training step's pair epoch too."""
 

@@ -350,19 +350,22 @@ class DDEDiffusionTrainer(Trainer):
         return x_t, self.process.model_timesteps(twice)
 
     @torch.no_grad()
-    def _reference_predict(self, model, x_t: torch.Tensor, model_time: torch.Tensor, conditioning) -> torch.Tensor:
-        """The reference's prediction: ``model`` with its LoRA adapters disabled, or the frozen ``ref_model``."""
+    def _reference_predict(self, model, x_t: torch.Tensor, model_time: torch.Tensor, conditioning,
+                           reference: torch.nn.Module | None = None) -> torch.Tensor:
+        """The reference's prediction: ``model`` with its LoRA adapters disabled, or the frozen ``reference``
+        (default ``ref_model``; the reference pass gives the one it loaded)."""
         if self.reference_adapters is not None:
             with self.reference_adapters.disabled():
                 return self.family.predict(model, x_t, model_time, conditioning)
-        if self.ref_model is None:
+        reference = self.ref_model if reference is None else reference
+        if reference is None:
             raise RuntimeError("precompute_ref=True: this trainer holds no reference model; its terms are computed by "
                                "train() before the first step, and only training steps read them.")
-        if self.ref_model.training != model.training:
+        if reference.training != model.training:
             # the policy's mode: identical weights then give identical outputs (train mode changes no value in
             # a denoiser without active dropout, but it does change kernel paths and so the rounding)
-            self.ref_model.train(model.training)
-        return self.family.predict(self.ref_model, x_t, model_time, conditioning)
+            reference.train(model.training)
+        return self.family.predict(reference, x_t, model_time, conditioning)
 
     def _sft_loss(self, model, batch, noise, timesteps, mode):
         """The paper's SFT baseline: the plain denoising loss (in the model's own target, with the process's
@@ -545,14 +548,13 @@ class DDEDiffusionTrainer(Trainer):
                 batch, timesteps, noise = self._pair_seeded_batch(inputs)
                 x_t, model_time = self._noised(batch, noise, timesteps)
                 (xt_w, xt_l), (ref_w, ref_l) = x_t.chunk(2), self._reference_predict(
-                    model, x_t, model_time, batch.conditioning).chunk(2)
+                    model, x_t, model_time, batch.conditioning, reference).chunk(2)
                 outputs = DenoisingOutputs(batch.x0_w, batch.x0_l, noise, timesteps, xt_w, xt_l, None, None, ref_w,
                                            ref_l, self.process)
                 return reference_scalars(self.credit, outputs)
 
-        self.ref_model = reference if self.reference_adapters is None else None  # what _reference_predict runs
         try:
-            return build_reference_cache(
+            cache = build_reference_cache(
                 os.path.join(root, key), len(dataset), self._planned_epochs(),
                 args.precompute_ref_batch_size or args.per_device_train_batch_size, compute,
                 process_index=args.process_index, num_processes=args.world_size,
@@ -560,9 +562,10 @@ class DDEDiffusionTrainer(Trainer):
                 progress=self.is_world_process_zero() and not args.disable_tqdm,
             )
         finally:
-            self.ref_model, self._pass_reference = None, None
             model.train(was_training)
             dataset.set_epoch(epoch)
+        self._pass_reference = None  # the given ref_model is not needed again (kept if the pass failed: a retry uses it)
+        return cache
 
     def _load_credit_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, CREDIT_STATE_NAME)
