@@ -3,7 +3,7 @@ torch.distributed.run from test_precompute_ref.py).
 
 7 pairs, 2 per batch, ``dataloader_drop_last``: accelerate gives each of 2 processes 3 // 2 = 1 batch an epoch,
 so ``max_steps=3`` runs 3 epochs (a count from ``ceil(7 / 2) // 2 = 2`` batches per process would plan 2).
-Writes the epochs the steps saw and the epochs the cache holds.
+Writes the epochs the steps saw, the epochs the cache holds and the process's torch seed.
 """
 
 import os
@@ -31,5 +31,6 @@ trainer = EpochRecordingTrainer(tiny_sd15_pipeline(seed=0), args=args, train_dat
 assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
 trainer.epochs_seen = set()
 trainer.train()
-torch.save({"epochs_seen": sorted(trainer.epochs_seen), "cached_epochs": trainer.reference_cache.num_epochs},
+torch.save({"epochs_seen": sorted(trainer.epochs_seen), "cached_epochs": trainer.reference_cache.num_epochs,
+            "seed": torch.initial_seed()},
            os.path.join(output_dir, f"rank{os.environ['RANK']}.pt"))

@@ -267,8 +267,10 @@ def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
 def test_the_pass_plans_the_epochs_accelerate_gives_each_process(tmp_path):
     """Two processes with dataloader_drop_last: each gets floor(floor(7 / 2) / 2) = 1 batch an epoch, so 3 steps
     are 3 epochs; the pass covers exactly those (not the 2 of a count that divides the pairs first)."""
-    for rank in run_two_processes("precompute_ref_epochs_worker.py", tmp_path):
+    ranks = run_two_processes("precompute_ref_epochs_worker.py", tmp_path)
+    for rank in ranks:
         assert rank["epochs_seen"] == [0, 1, 2] and rank["cached_epochs"] == 3
+    assert ranks[0]["seed"] != ranks[1]["seed"]  # per-pair draws or not, each rank has its own stream (dropout)
 
 
 def test_resumed_full_fine_tune_reads_the_cache_and_matches_the_uninterrupted_run(tmp_path, data):

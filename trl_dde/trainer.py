@@ -232,9 +232,10 @@ class DDEDiffusionTrainer(Trainer):
         self.metrics = StepMetrics(self.accelerator.device)
         if self.ref_model is not None:
             self.ref_model = prepare_reference(self.ref_model, self.accelerator)
-        if self.accelerator.num_processes > 1 and self.draws is None:
-            # transformers seeds every rank alike, so ranks would draw the same noise and timesteps; give each
-            # its own stream (checkpointed per rank). Data order stays shared: accelerate syncs the sampler.
+        if self.accelerator.num_processes > 1:
+            # transformers seeds every rank alike, so ranks would draw the same noise and timesteps (or, with
+            # per-pair draws, the same dropout masks); give each its own stream (checkpointed per rank). Data order
+            # stays shared: accelerate syncs the sampler.
             set_seed(args.seed, device_specific=True)
 
     def _prepare_batches(self, train, evaluation, args: DDEConfig):
