@@ -516,7 +516,7 @@ class DDEDiffusionTrainer(Trainer):
         description = {
             "reference_weights": weights_hash([reference], skip="lora_"),
             "encoder_weights": weights_hash([self.family.vae, *self.family.text_encoders]),
-            "data": getattr(self.train_dataset.dataset, "_fingerprint", None), "num_pairs": len(self.train_dataset),
+            "data": self.train_dataset.dataset._fingerprint, "num_pairs": len(self.train_dataset),
             "seed": args.seed, "draws_device": self.draws.device.type,  # CPU and CUDA generators draw other numbers
             "credit": f"{type(self.credit).__module__}.{type(self.credit).__qualname__}({self.credit.extra_repr()})",
             "sampling": cache_key(self.credit.sampling_probabilities().tolist()),
@@ -525,8 +525,6 @@ class DDEDiffusionTrainer(Trainer):
                              args.precompute_vae, args.precompute_flip, args.precompute_dtype, args.vae],
             "dtype": str(self.weight_dtype), "mixed_precision": [args.bf16, args.fp16],
         }
-        if description["data"] is None:
-            raise ValueError("precompute_ref needs a datasets.Dataset (its fingerprint keys the reference cache).")
         return cache_key(description), description
 
     def _precompute_reference(self) -> ReferenceCache:
