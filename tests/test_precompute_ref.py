@@ -340,6 +340,17 @@ def test_a_run_resumed_in_a_later_epoch_draws_that_epoch(tmp_path, data):
     torch.testing.assert_close(torch.stack(resumed.losses), torch.stack(whole.losses)[4:], rtol=1e-6, atol=1e-7)
 
 
+def test_persistent_dataloader_workers_see_each_new_epoch(tmp_path, data):
+    """A persistent worker keeps its copy of the dataset across epochs; the pairs' epoch lives in shared memory,
+    so the worker's rows (and their draws) follow the epoch the trainer sets."""
+    args = make_args(tmp_path, max_steps=6, credit="uniform", pair_seeded_draws=True, dataloader_num_workers=1,
+                     dataloader_persistent_workers=True)
+    trainer = EpochRecordingTrainer(tiny_sd15_pipeline(seed=0), args=args, train_dataset=data, peft_config=lora_config())
+    trainer.losses, trainer.epochs = [], []
+    trainer.train()
+    assert trainer.epochs == [0] * 12 + [1] * 12
+
+
 class SNRWeighted(UniformCredit):
     """docs/credit_strategies.md's example, reading the reference's predictions."""
 

@@ -161,17 +161,24 @@ class PreferencePairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.dataset, self.seed = dataset, seed
+        # in shared memory: dataloader workers, persistent ones too, read the epoch the trainer sets
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return {**self.dataset[index], AUGMENTATION_SEED: augmentation_seed(self.seed, self.epoch, index),
-                PAIR_INDEX: index, PAIR_EPOCH: self.epoch}
+        epoch = self.epoch
+        return {**self.dataset[index], AUGMENTATION_SEED: augmentation_seed(self.seed, epoch, index),
+                PAIR_INDEX: index, PAIR_EPOCH: epoch}
 
 
 class PreferenceStream(torch.utils.data.IterableDataset):
