@@ -180,12 +180,7 @@ def floor_times(trainer, repeats: int) -> list[float]:
         with trainer.compute_loss_context_manager():
             trainer.accelerator.backward(family.predict(model, x_t, model_time, batch.conditioning).square().mean())
             if not trainer.args.precompute_ref:  # a cached reference's terms are read, not computed
-                with torch.no_grad():
-                    if trainer.ref_model is None:
-                        with trainer.reference_adapters.disabled():
-                            family.predict(model, x_t, model_time, batch.conditioning)
-                    else:
-                        family.predict(trainer.ref_model, x_t, model_time, batch.conditioning)
+                trainer._reference_predict(model, x_t, model_time, batch.conditioning)  # the step's reference forward
         _synchronize()
         times.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)

@@ -199,6 +199,21 @@ def test_cache_is_reused_resumed_shard_by_shard_and_keyed_by_what_it_depends_on(
     for overrides in ({"seed": 1}, {"credit_kwargs": {"error_space": "prediction"}}, {"pipeline_seed": 1}):
         other = train(tmp_path, data, True, credit="uniform", precompute_ref=True, max_steps=1, **overrides)
         assert other.reference_cache.folder != folder
+    # a strategy class of its own with the same name, options and term keys has other terms: another folder
+    alphas_cumprod = tiny_sd15_pipeline(seed=0).scheduler.alphas_cumprod
+    other = train(tmp_path, data, True, credit=DoubledUniform(alphas_cumprod), precompute_ref=True, max_steps=1)
+    assert other.reference_cache.folder != folder
+    # the per-pair generators' device type: a CUDA generator draws other timesteps and noise than a CPU one
+    key, _ = again._reference_cache_key(again.model)
+    again.draws.device = torch.device("cuda")
+    assert again._reference_cache_key(again.model)[0] != key
+
+
+class DoubledUniform(UniformCredit):
+    """Uniform's name, options (``extra_repr``) and term keys, twice its reference terms."""
+
+    def reference_terms(self, outputs):
+        return {key: 2 * value for key, value in super().reference_terms(outputs).items()}
 
 
 def test_shards_are_split_between_processes_and_written_atomically(tmp_path):
@@ -223,15 +238,19 @@ def test_shards_are_split_between_processes_and_written_atomically(tmp_path):
         cache.lookup([0], [1], torch.device("cpu"))
 
 
-@pytest.mark.slow  # ~25 s on 2 cores; test_shards_are_split_between_processes_and_written_atomically is the fast cover
-def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
-    port = free_port()
+def run_two_processes(worker: str, tmp_path) -> list[dict]:
+    """Run ``tests/<worker>`` on 2 gloo processes; what each rank saved (``rank<r>.pt`` in ``tmp_path``)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-               os.path.join(os.path.dirname(__file__), "precompute_ref_worker.py"), str(tmp_path)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               os.path.join(os.path.dirname(__file__), worker), str(tmp_path)]
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+
+@pytest.mark.slow  # ~25 s on 2 cores; test_shards_are_split_between_processes_and_written_atomically is the fast cover
+def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
+    ranks = run_two_processes("precompute_ref_worker.py", tmp_path)
     # 16 pairs in shards of 4, two epochs (5 steps of 2 pairs on each of 2 ranks): each rank wrote its own shards
     shards = {f"epoch-{e:04d}-shard-{s:05d}.safetensors" for e in (0, 1) for s in range(4)}
     assert set(ranks[0]["written"]) | set(ranks[1]["written"]) == shards
@@ -245,6 +264,15 @@ def test_two_processes_shard_the_pass_and_match_the_online_reference(tmp_path):
     assert not torch.equal(ranks[0][True]["losses"], ranks[1][True]["losses"])  # the ranks trained different pairs
 
 
+def test_the_pass_plans_the_epochs_accelerate_gives_each_process(tmp_path):
+    """Two processes with dataloader_drop_last: each gets floor(floor(7 / 2) / 2) = 1 batch an epoch, so 3 steps
+    are 3 epochs; the pass covers exactly those (not the 2 of a count that divides the pairs first)."""
+    ranks = run_two_processes("precompute_ref_epochs_worker.py", tmp_path)
+    for rank in ranks:
+        assert rank["epochs_seen"] == [0, 1, 2] and rank["cached_epochs"] == 3
+    assert ranks[0]["seed"] != ranks[1]["seed"]  # per-pair draws or not, each rank has its own stream (dropout)
+
+
 def test_resumed_full_fine_tune_reads_the_cache_and_matches_the_uninterrupted_run(tmp_path, data):
     whole = train(tmp_path, data, False, credit="dde", precompute_ref=True, save_strategy="steps", save_steps=2)
     checkpoint = os.path.join(whole.args.output_dir, "checkpoint-2")
@@ -255,6 +283,72 @@ def test_resumed_full_fine_tune_reads_the_cache_and_matches_the_uninterrupted_ru
     resumed.train(resume_from_checkpoint=checkpoint)  # the policy is loaded after the cache was found complete
     assert resumed.reference_cache.folder == whole.reference_cache.folder
     torch.testing.assert_close(torch.stack(resumed.losses), torch.stack(whole.losses)[2:], rtol=1e-6, atol=1e-7)
+
+
+def test_a_failed_pass_is_retried_with_the_given_reference(tmp_path, data, monkeypatch):
+    """Full fine-tuning with a ref_model: a pass that failed (say, an unshared cache folder) leaves the given
+    reference in place, so a second train() computes its terms, not the denoiser's."""
+    import trl_dde.trainer as trainer_module
+
+    def trainer_given_a_reference():
+        args = make_args(tmp_path, credit="uniform", max_steps=1, precompute_ref=True,
+                         precompute_ref_cache_dir=str(tmp_path / "cache"))
+        return DDEDiffusionTrainer(tiny_sd15_pipeline(seed=0), ref_model=tiny_sd15_pipeline(seed=1).unet, args=args,
+                                   train_dataset=data)
+
+    direct = trainer_given_a_reference()
+    direct.train()
+    denoiser = train(tmp_path, data, False, credit="uniform", precompute_ref=True, max_steps=1)
+    assert direct.reference_cache.folder != denoiser.reference_cache.folder
+    retried, build = trainer_given_a_reference(), trainer_module.build_reference_cache
+
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(trainer_module, "build_reference_cache", build)
+        raise FileNotFoundError("the cache folder is not shared")
+
+    monkeypatch.setattr(trainer_module, "build_reference_cache", fail_once)
+    with pytest.raises(FileNotFoundError, match="not shared"):
+        retried.train()
+    retried.train()
+    assert retried.reference_cache.folder == direct.reference_cache.folder
+
+
+class EpochRecordingTrainer(RecordingTrainer):
+    """Keeps each training step's pair epoch too."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.epochs.extend(inputs[PAIR_EPOCH])
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def test_a_run_resumed_in_a_later_epoch_draws_that_epoch(tmp_path, data):
+    """Resumed at step 4 (3 steps an epoch): the skipped-batch loader of the resumed epoch does not pass the epoch
+    on to the pairs; the trainer does, so the crops, flips, draws and losses are the uninterrupted run's."""
+    def run(resume_from_checkpoint=None):
+        args = make_args(tmp_path, max_steps=5, credit="uniform", pair_seeded_draws=True, save_strategy="steps",
+                         save_steps=4, random_flip=True)
+        trainer = EpochRecordingTrainer(tiny_sd15_pipeline(seed=0), args=args, train_dataset=data,
+                                        peft_config=lora_config())
+        trainer.losses, trainer.epochs = [], []
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        return trainer
+
+    whole = run()
+    assert whole.epochs == [0] * 12 + [1] * 8
+    resumed = run(os.path.join(whole.args.output_dir, "checkpoint-4"))
+    assert resumed.epochs == [1] * 4
+    torch.testing.assert_close(torch.stack(resumed.losses), torch.stack(whole.losses)[4:], rtol=1e-6, atol=1e-7)
+
+
+def test_persistent_dataloader_workers_see_each_new_epoch(tmp_path, data):
+    """A persistent worker keeps its copy of the dataset across epochs; the pairs' epoch lives in shared memory,
+    so the worker's rows (and their draws) follow the epoch the trainer sets."""
+    args = make_args(tmp_path, max_steps=6, credit="uniform", pair_seeded_draws=True, dataloader_num_workers=1,
+                     dataloader_persistent_workers=True)
+    trainer = EpochRecordingTrainer(tiny_sd15_pipeline(seed=0), args=args, train_dataset=data, peft_config=lora_config())
+    trainer.losses, trainer.epochs = [], []
+    trainer.train()
+    assert trainer.epochs == [0] * 12 + [1] * 12
 
 
 class SNRWeighted(UniformCredit):

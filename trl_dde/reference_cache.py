@@ -82,9 +82,17 @@ def _marker_path(folder: str, epoch: int) -> str:
 
 
 def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(temporary)``, then rename it to ``path``: readers see the whole file or none."""
     temporary = f"{path}.tmp-{os.getpid()}"
     write(temporary)
     os.replace(temporary, path)
+
+
+def _write_text(text: str) -> Callable[[str], None]:
+    def write(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return write
 
 
 def build_reference_cache(
@@ -112,8 +120,7 @@ def build_reference_cache(
 
     os.makedirs(folder, exist_ok=True)
     if process_index == 0 and description is not None and not os.path.isfile(os.path.join(folder, "cache.json")):
-        _write_atomically(os.path.join(folder, "cache.json"),
-                          lambda path: open(path, "w", encoding="utf-8").write(json.dumps(description, indent=1)))
+        _write_atomically(os.path.join(folder, "cache.json"), _write_text(json.dumps(description, indent=1)))
     num_shards = math.ceil(num_pairs / SHARD_PAIRS)
     todo = [(epoch, shard) for epoch in range(num_epochs) if not os.path.isfile(_marker_path(folder, epoch))
             for shard in range(process_index, num_shards, num_processes)
@@ -136,7 +143,7 @@ def build_reference_cache(
     if process_index == 0:
         for epoch in (epoch for epoch in range(num_epochs) if not os.path.isfile(_marker_path(folder, epoch))):
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
-            _write_atomically(_marker_path(folder, epoch), lambda path: open(path, "w").write(stamp))
+            _write_atomically(_marker_path(folder, epoch), _write_text(stamp))
     return cache
 
 

@@ -110,6 +110,19 @@ class _CreditOptimizerStep(TrainerCallback):
         self.credit.on_optimizer_step()
 
 
+class _PairEpoch(TrainerCallback):
+    """Sets the training pairs' epoch (their crops, flips and per-pair draws follow it) as transformers starts each
+    epoch. accelerate's ``set_epoch`` does not reach the dataset when a sampler below it takes the epoch (under
+    several processes, and in the batch-skipping loader of a resumed epoch), which would replay epoch 0's draws."""
+
+    def __init__(self, pairs: PreferencePairs):
+        self.pairs = pairs
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch: the epochs done plus the part of this one a resumed run already trained (exact at epoch ends)
+        self.pairs.set_epoch(math.floor(state.epoch))
+
+
 class DDEDiffusionTrainer(Trainer):
     """Trainer for Direct Preference Optimization of diffusion pipelines with a credit strategy.
 
@@ -211,15 +224,18 @@ class DDEDiffusionTrainer(Trainer):
         super().__init__(model=denoiser, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks, optimizers=optimizers)
         self.add_callback(_CreditOptimizerStep(self.credit))
+        if isinstance(self.train_dataset, PreferencePairs):
+            self.add_callback(_PairEpoch(self.train_dataset))
         validation = ValidationCallback.from_config(args, self.pipeline)
         if validation is not None:
             self.add_callback(validation)
         self.metrics = StepMetrics(self.accelerator.device)
         if self.ref_model is not None:
             self.ref_model = prepare_reference(self.ref_model, self.accelerator)
-        if self.accelerator.num_processes > 1 and self.draws is None:
-            # transformers seeds every rank alike, so ranks would draw the same noise and timesteps; give each
-            # its own stream (checkpointed per rank). Data order stays shared: accelerate syncs the sampler.
+        if self.accelerator.num_processes > 1:
+            # transformers seeds every rank alike, so ranks would draw the same noise and timesteps (or, with
+            # per-pair draws, the same dropout masks); give each its own stream (checkpointed per rank). Data order
+            # stays shared: accelerate syncs the sampler.
             set_seed(args.seed, device_specific=True)
 
     def _prepare_batches(self, train, evaluation, args: DDEConfig):
@@ -335,19 +351,22 @@ class DDEDiffusionTrainer(Trainer):
         return x_t, self.process.model_timesteps(twice)
 
     @torch.no_grad()
-    def _reference_predict(self, model, x_t: torch.Tensor, model_time: torch.Tensor, conditioning) -> torch.Tensor:
-        """The reference's prediction: ``model`` with its LoRA adapters disabled, or the frozen ``ref_model``."""
+    def _reference_predict(self, model, x_t: torch.Tensor, model_time: torch.Tensor, conditioning,
+                           reference: torch.nn.Module | None = None) -> torch.Tensor:
+        """The reference's prediction: ``model`` with its LoRA adapters disabled, or the frozen ``reference``
+        (default ``ref_model``; the reference pass gives the one it loaded)."""
         if self.reference_adapters is not None:
             with self.reference_adapters.disabled():
                 return self.family.predict(model, x_t, model_time, conditioning)
-        if self.ref_model is None:
+        reference = self.ref_model if reference is None else reference
+        if reference is None:
             raise RuntimeError("precompute_ref=True: this trainer holds no reference model; its terms are computed by "
                                "train() before the first step, and only training steps read them.")
-        if self.ref_model.training != model.training:
+        if reference.training != model.training:
             # the policy's mode: identical weights then give identical outputs (train mode changes no value in
             # a denoiser without active dropout, but it does change kernel paths and so the rounding)
-            self.ref_model.train(model.training)
-        return self.family.predict(self.ref_model, x_t, model_time, conditioning)
+            reference.train(model.training)
+        return self.family.predict(reference, x_t, model_time, conditioning)
 
     def _sft_loss(self, model, batch, noise, timesteps, mode):
         """The paper's SFT baseline: the plain denoising loss (in the model's own target, with the process's
@@ -485,14 +504,10 @@ class DDEDiffusionTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
     def _planned_epochs(self) -> int:
-        """How many epochs ``train`` will start (transformers' count, from the dataloader length per process)."""
-        args = self.args
-        per_process = math.ceil(len(self.train_dataset) / args.world_size)
-        batches = (per_process // self._train_batch_size if args.dataloader_drop_last
-                   else math.ceil(per_process / self._train_batch_size))
-        steps_per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
-        max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-        return math.ceil(max_steps / steps_per_epoch)
+        """How many epochs ``train`` will start: transformers' own count (``set_initial_training_values``) from this
+        process's training dataloader, whose length accelerate's sharding sets (``dataloader_drop_last``,
+        ``even_batches``), not a re-derivation of it."""
+        return self.set_initial_training_values(self.args, self.get_train_dataloader())[0]
 
     def _reference_cache_key(self, reference: torch.nn.Module) -> tuple[str, dict]:
         """The cache folder's key and a description: everything the reference terms depend on."""
@@ -501,16 +516,15 @@ class DDEDiffusionTrainer(Trainer):
         description = {
             "reference_weights": weights_hash([reference], skip="lora_"),
             "encoder_weights": weights_hash([self.family.vae, *self.family.text_encoders]),
-            "data": getattr(self.train_dataset.dataset, "_fingerprint", None), "num_pairs": len(self.train_dataset),
-            "seed": args.seed, "credit": f"{self.credit.name}({self.credit.extra_repr()})",
+            "data": self.train_dataset.dataset._fingerprint, "num_pairs": len(self.train_dataset),
+            "seed": args.seed, "draws_device": self.draws.device.type,  # CPU and CUDA generators draw other numbers
+            "credit": f"{type(self.credit).__module__}.{type(self.credit).__qualname__}({self.credit.extra_repr()})",
             "sampling": cache_key(self.credit.sampling_probabilities().tolist()),
             "process": f"{type(process).__name__}/{process.prediction_type}/{cache_key(tables.tolist())}",
             "data_options": [args.resolution, args.random_crop, args.random_flip, args.precompute_latents,
                              args.precompute_vae, args.precompute_flip, args.precompute_dtype, args.vae],
             "dtype": str(self.weight_dtype), "mixed_precision": [args.bf16, args.fp16],
         }
-        if description["data"] is None:
-            raise ValueError("precompute_ref needs a datasets.Dataset (its fingerprint keys the reference cache).")
         return cache_key(description), description
 
     def _precompute_reference(self) -> ReferenceCache:
@@ -533,14 +547,13 @@ class DDEDiffusionTrainer(Trainer):
                 batch, timesteps, noise = self._pair_seeded_batch(inputs)
                 x_t, model_time = self._noised(batch, noise, timesteps)
                 (xt_w, xt_l), (ref_w, ref_l) = x_t.chunk(2), self._reference_predict(
-                    model, x_t, model_time, batch.conditioning).chunk(2)
+                    model, x_t, model_time, batch.conditioning, reference).chunk(2)
                 outputs = DenoisingOutputs(batch.x0_w, batch.x0_l, noise, timesteps, xt_w, xt_l, None, None, ref_w,
                                            ref_l, self.process)
                 return reference_scalars(self.credit, outputs)
 
-        self.ref_model = reference if self.reference_adapters is None else None  # what _reference_predict runs
         try:
-            return build_reference_cache(
+            cache = build_reference_cache(
                 os.path.join(root, key), len(dataset), self._planned_epochs(),
                 args.precompute_ref_batch_size or args.per_device_train_batch_size, compute,
                 process_index=args.process_index, num_processes=args.world_size,
@@ -548,9 +561,10 @@ class DDEDiffusionTrainer(Trainer):
                 progress=self.is_world_process_zero() and not args.disable_tqdm,
             )
         finally:
-            self.ref_model, self._pass_reference = None, None
             model.train(was_training)
             dataset.set_epoch(epoch)
+        self._pass_reference = None  # the given ref_model is not needed again (kept if the pass failed: a retry uses it)
+        return cache
 
     def _load_credit_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, CREDIT_STATE_NAME)

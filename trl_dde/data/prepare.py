@@ -153,25 +153,32 @@ class PreferencePairs(torch.utils.data.Dataset):
 
     The seed is a hash of ``(seed, epoch, row index)``, so a pair's crop and flip depend neither on the
     order rows are drawn in nor on which dataloader worker collates them: a resumed run re-draws exactly
-    the augmentations of an uninterrupted one, and each epoch draws new ones (accelerate forwards
-    ``set_epoch``). Drawing them from torch's global RNG in the collator would break exact resume,
+    the augmentations of an uninterrupted one, and each epoch draws new ones (the trainer sets the epoch
+    as each starts). Drawing them from torch's global RNG in the collator would break exact resume,
     because transformers fetches the first batch after a resume before it restores the RNG state.
     Rows carry their index and the epoch too (``pair_index``, ``pair_epoch``), for the per-pair draws of
     ``draws.py``.
     """
 
     def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.dataset, self.seed = dataset, seed
+        # in shared memory: dataloader workers, persistent ones too, read the epoch the trainer sets
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return {**self.dataset[index], AUGMENTATION_SEED: augmentation_seed(self.seed, self.epoch, index),
-                PAIR_INDEX: index, PAIR_EPOCH: self.epoch}
+        epoch = self.epoch
+        return {**self.dataset[index], AUGMENTATION_SEED: augmentation_seed(self.seed, epoch, index),
+                PAIR_INDEX: index, PAIR_EPOCH: epoch}
 
 
 class PreferenceStream(torch.utils.data.IterableDataset):
