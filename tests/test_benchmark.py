@@ -132,6 +132,7 @@ def test_claims_get_their_verdicts_from_the_paired_intervals():
     image = render(all_scenes()[0])
     assert diversity([image, image, render(all_scenes()[1])], ["a", "a", "b"]) == 0.0
     assert diversity([image, render(all_scenes()[1])], ["a", "a"]) > 0.1
+    assert diversity([image], ["a"]) is None  # one image per caption: nothing to compare
 
 
 def test_the_demo_refuses_to_run_under_a_distributed_launcher(monkeypatch, tmp_path):
@@ -197,6 +198,7 @@ def test_quick_demo_writes_every_report(tmp_path, capsys, monkeypatch):
     assert 0.0 <= report["results"]["sft"]["beat_ratio"]["ratio"] <= 1.0
     assert [step for step, _ in report["reward_curves"]["sft"][0]] == [1, 2]  # --quick trains 2 steps
     assert len(report["corrections"]["dde:mean"][0]) == 1000 and report["corrections"]["sft"] == []
+    assert report["base"]["diversity"] is None and "| - |" in out  # --quick: one image per prompt
     assert "| sft > base |" in (tmp_path / "out" / "results.md").read_text()  # its verdict computed from the interval
 
 

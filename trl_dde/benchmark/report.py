@@ -25,14 +25,14 @@ def _pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.float64) / 255.0
 
 
-def diversity(images: list, captions: list[str]) -> float:
+def diversity(images: list, captions: list[str]) -> float | None:
     """Mean absolute pixel difference (0-1) between images of the same caption (different noise, seeds): it
-    falls towards 0 when a model collapses onto one image per prompt."""
+    falls towards 0 when a model collapses onto one image per prompt. ``None`` with one image per caption."""
     by_caption: dict[str, list[np.ndarray]] = {}
     for image, caption in zip(images, captions):
         by_caption.setdefault(caption, []).append(_pixels(image))
     distances = [np.abs(a - b).mean() for own in by_caption.values() for i, a in enumerate(own) for b in own[i + 1:]]
-    return float(np.mean(distances)) if distances else float("nan")
+    return float(np.mean(distances)) if distances else None
 
 
 def summarise(scores: dict[str, list[float]], base_scores: dict[str, list[float]], images: list, base_images: list,
@@ -52,14 +52,18 @@ def summarise(scores: dict[str, list[float]], base_scores: dict[str, list[float]
 def table(report: dict) -> str:
     base = report["base"]
     rows = [["base", f"{base['preference']['mean']:.3f} ± {base['preference']['std']:.3f}", "-", "-",
-             f"{base['fidelity']['mean']:.3f}", f"{base['diversity']:.3f}", "0"]]
+             f"{base['fidelity']['mean']:.3f}", _optional(base["diversity"]), "0"]]
     for method, r in report["results"].items():
         low, high = r["difference_ci95"]
         rows.append([method, f"{r['preference']['mean']:.3f} ± {r['preference']['std']:.3f}",
                      f"{r['beat_ratio']['ratio']:.3f} ± {r['beat_ratio']['stderr']:.3f}",
                      f"{r['difference_vs_base']:+.3f} [{low:+.3f}, {high:+.3f}]", f"{r['fidelity']['mean']:.3f}",
-                     f"{r['diversity']:.3f}", f"{r['distance_from_base']:.3f}"])
+                     _optional(r["diversity"]), f"{r['distance_from_base']:.3f}"])
     return markdown_table(HEADERS, rows)
+
+
+def _optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _verdict(interval: tuple[float, float]) -> str:
@@ -106,7 +110,8 @@ def _paragraph(report: dict) -> str:
     lines = [f"Ranked by mean preference: {', '.join(order)} (base {report['base']['preference']['mean']:.3f}). "
              f"{len(moved)} of {len(results)} methods differ from the base beyond their 95 % interval"
              + (f" ({', '.join(moved)})." if moved else "; the rest are within noise of it.")]
-    collapsed = [m for m in results if results[m]["diversity"] < 0.5 * report["base"]["diversity"]]
+    base_diversity = report["base"]["diversity"]
+    collapsed = [m for m in results if base_diversity and results[m]["diversity"] < 0.5 * base_diversity]
     if collapsed:
         lines.append(f"Diversity fell below half the base's for {', '.join(collapsed)}: read their gains as possible "
                      "collapse, not alignment.")
