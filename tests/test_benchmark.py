@@ -135,6 +135,17 @@ def test_claims_get_their_verdicts_from_the_paired_intervals():
     assert diversity([image], ["a"]) is None  # one image per caption: nothing to compare
 
 
+def test_bad_demo_options_are_refused_by_the_parser(capsys):
+    from trl_dde.cli import main
+
+    for argv, message in ((["--seeds", "0"], "--seeds: 0 must be >= 1"), (["--beta", "-1"], "--beta: -1 must be > 0.0"),
+                          (["--steps", "x"], "--steps: 'x' is not an integer"),
+                          (["--strategies", "uniform@9-3"], "write uniform@LOW-HIGH")):
+        with pytest.raises(SystemExit):
+            main(["demo", *argv])
+        assert message in capsys.readouterr().err
+
+
 def test_the_demo_refuses_to_run_under_a_distributed_launcher(monkeypatch, tmp_path):
     from trl_dde.cli import main
 

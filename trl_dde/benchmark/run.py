@@ -40,20 +40,33 @@ def _method(spec: str) -> str:
     return spec
 
 
+def _number(kind: type, low: float, strict: bool = False):
+    """An argparse type: a ``kind`` number ``>= low`` (``> low`` when ``strict``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low}")
+        return value
+    return parse
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", nargs="+", default=METHODS, type=_method, metavar="METHOD",
                         help="methods to compare: sft, a credit strategy (registered name or package.module:ClassName), "
                              "dde:mean or dde-step:mean (correction_reduction=mean), uniform@LOW-HIGH (uniform credit on "
                              f"[LOW, HIGH) only), segments (uniform on each 10%% of τ) (default: {' '.join(METHODS)})")
     parser.add_argument("--quick", action="store_true", help="a < 1 min smoke run: tiny pretraining, 2 steps, 1 seed")
-    parser.add_argument("--seeds", type=int, default=None, help=f"seeds per method (default: {DEFAULTS['seeds']})")
-    parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {DEFAULTS['steps']})")
-    parser.add_argument("--pretrain_steps", type=int, default=None,
+    parser.add_argument("--seeds", type=_number(int, 1), default=None, help=f"seeds per method (default: {DEFAULTS['seeds']})")
+    parser.add_argument("--steps", type=_number(int, 1), default=None, help=f"training steps per run (default: {DEFAULTS['steps']})")
+    parser.add_argument("--pretrain_steps", type=_number(int, 0), default=None,
                         help=f"SFT steps of the base (default: {DEFAULTS['pretrain_steps']}; cached)")
-    parser.add_argument("--learning_rate", type=float, default=None,
+    parser.add_argument("--learning_rate", type=_number(float, 0.0, strict=True), default=None,
                         help=f"LoRA learning rate of every method (default: {DEFAULTS['learning_rate']})")
-    parser.add_argument("--beta", type=float, default=None, help=f"DPO β of every method (default: {DEFAULTS['beta']:g})")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--beta", type=_number(float, 0.0, strict=True), default=None, help=f"DPO β of every method (default: {DEFAULTS['beta']:g})")
+    parser.add_argument("--workers", type=_number(int, 1), default=None,
                         help="processes training runs side by side, one thread each (default: the number of CPU cores)")
     parser.add_argument("--cache_dir", default=None, help="where pretrained bases are cached (default: ~/.cache/trl-dde)")
     parser.add_argument("--output_dir", default=None, help="where reports are written (default: a temporary folder)")
@@ -61,14 +74,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _settings(options: argparse.Namespace) -> dict:
     base = QUICK if options.quick else DEFAULTS
-    settings = {name: getattr(options, name, None) if getattr(options, name, None) is not None else value
-                for name, value in base.items()}
-    for name, value in settings.items():
-        low = 0 if name == "pretrain_steps" else 1 if isinstance(DEFAULTS[name], int) else 0
-        if value < low or (value == 0 and isinstance(DEFAULTS[name], float)):
-            raise ValueError(f"--{name} must be {'positive' if isinstance(DEFAULTS[name], float) else f'at least {low}'}"
-                             f", got {value}.")
-    return settings
+    return {name: getattr(options, name, None) if getattr(options, name, None) is not None else value
+            for name, value in base.items()}
 
 
 def _refuse_distributed() -> None:
