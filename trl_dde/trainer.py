@@ -300,16 +300,10 @@ class DDEDiffusionTrainer(Trainer):
         if mode == "train":
             self.metrics.count("ties_dropped", inputs["num_ties"])
             self.metrics.count("corrupt_skipped", inputs["num_corrupt"])
+        batch, timesteps, noise = self._draw(inputs, generator, model.training)  # 1. latents and conditioning, 2.
         reference = None
-        if self.draws is not None and model.training:  # 1.-2. per pair, from (seed, epoch, pair index)
-            batch, timesteps, noise = self._pair_seeded_batch(inputs)
-            if self.reference_cache is not None:
-                reference = self.reference_cache.lookup(inputs[PAIR_INDEX], inputs[PAIR_EPOCH], batch.x0_w.device)
-        else:
-            batch = self.batches(inputs, generator)  # 1. latents and conditioning
-            latents = batch.x0_w
-            timesteps = self.credit.sample_timesteps(batch.size, device=latents.device, generator=generator)  # 2.
-            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        if self.reference_cache is not None and model.training:  # the reference's terms, computed before training
+            reference = self.reference_cache.lookup(inputs[PAIR_INDEX], inputs[PAIR_EPOCH], batch.x0_w.device)
         if self.args.loss_type == "sft":
             loss = self._sft_loss(model, batch, noise, timesteps, mode)
         else:
@@ -321,11 +315,19 @@ class DDEDiffusionTrainer(Trainer):
             self._record(mode, outputs, z, loss)
         return (loss, {}) if return_outputs else loss
 
-    def _pair_seeded_batch(self, inputs: dict):
-        """The batch, its timesteps and noise, every random draw from its pairs' own generators (``draws.py``)."""
-        indices, epochs = inputs[PAIR_INDEX], inputs[PAIR_EPOCH]
-        batch = self.batches(inputs, self.draws.latent_generators(indices, epochs))
-        timesteps, noise = self.draws.timesteps_and_noise(indices, epochs, batch.x0_w)
+    def _draw(self, inputs: dict, generator: torch.Generator | None, training: bool):
+        """The batch (latents and conditioning), one timestep and one noise per pair: in training under
+        ``pair_seeded_draws`` from each pair's own generators (``draws.py``: a function of seed, epoch and pair
+        index), otherwise from ``generator`` (``None``: the trainer's random stream)."""
+        if self.draws is not None and training:
+            indices, epochs = inputs[PAIR_INDEX], inputs[PAIR_EPOCH]
+            batch = self.batches(inputs, self.draws.latent_generators(indices, epochs))
+            timesteps, noise = self.draws.timesteps_and_noise(indices, epochs, batch.x0_w)
+            return batch, timesteps, noise
+        batch = self.batches(inputs, generator)
+        latents = batch.x0_w
+        timesteps = self.credit.sample_timesteps(batch.size, device=latents.device, generator=generator)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         return batch, timesteps, noise
 
     def _denoise(self, model, batch, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -544,7 +546,7 @@ class DDEDiffusionTrainer(Trainer):
             dataset.set_epoch(pass_epoch)
             inputs = self._prepare_inputs(self.data_collator([dataset[index] for index in indices]))
             with torch.no_grad(), self.accelerator.autocast():
-                batch, timesteps, noise = self._pair_seeded_batch(inputs)
+                batch, timesteps, noise = self._draw(inputs, None, training=True)
                 x_t, model_time = self._noised(batch, noise, timesteps)
                 (xt_w, xt_l), (ref_w, ref_l) = x_t.chunk(2), self._reference_predict(
                     model, x_t, model_time, batch.conditioning, reference).chunk(2)
