@@ -92,11 +92,9 @@ def eval_seed(seed: int) -> int:
 def run_demo(options: argparse.Namespace) -> dict:
     """Run every phase; returns what ``results.json`` holds."""
     from ..evaluation.loading import quiet_libraries
-    from ..evaluation.reports import image_grid, write_json
-    from .experiment import evaluate, expand_methods, make_pairs, sample
-    from .plots import write_plots
+    from .experiment import expand_methods, make_pairs, sample
     from .pretrain import pretrained_base
-    from .report import claims, markdown_report, table
+    from .report import table
     from .workers import run_parallel
     from .world import split_scenes
 
@@ -118,37 +116,47 @@ def run_demo(options: argparse.Namespace) -> dict:
                        for seed in tqdm(seeds, desc="base samples")}
         pairs = make_pairs(base, train_scenes[:settings["pair_prompts"]], settings["samples_per_prompt"], seed=0)
         pairs.save_to_disk(str(output / "pairs"))
-    tasks = [{"method": method, "seed": seed, "steps": settings["steps"], "output_dir": str(output / "runs" / method.replace(":", "_") / f"seed-{seed}"),
-              "eval_captions": captions, "eval_seed": eval_seed(seed), "images_per_prompt": settings["eval_images"],
+    tasks = [{"method": method, "seed": seed, "steps": settings["steps"], "eval_captions": captions,
+              "output_dir": str(output / "runs" / method.replace(":", "_") / f"seed-{seed}"),
+              "eval_seed": eval_seed(seed), "images_per_prompt": settings["eval_images"],
               "learning_rate": settings["learning_rate"], "beta": settings["beta"]}
              for method in methods for seed in seeds]
+    workers = min(workers, len(tasks))
     runs = {}
-    for result in tqdm(run_parallel(tasks, min(workers, len(tasks)), base_path, output / "pairs", output / "logs"),
-                       total=len(tasks), desc=f"train + evaluate ({min(workers, len(tasks))} workers)"):
+    for result in tqdm(run_parallel(tasks, workers, base_path, output / "pairs", output / "logs"), total=len(tasks),
+                       desc=f"train + evaluate ({workers} workers)"):
         runs[result.method, result.seed] = result
     report = _report(settings, methods, runs, base_images, eval_captions, seeds, pairs, cached)
-    report.update(held_out_prompts=len(captions), workers=min(workers, len(tasks)), seconds=time.perf_counter() - start)
-    report["claims"] = claims({"base": [v for s in seeds for v in evaluate(base_images[s], eval_captions)["preference"]],
-                               **{m: [v for s in seeds for v in runs[m, s].scores["preference"]] for m in methods}})
-    with (output / "train_log.jsonl").open("w", encoding="utf-8") as log:
-        for (method, seed), run in sorted(runs.items()):
-            log.write(json.dumps({"method": method, "seed": seed, "log_history": run.log_history}) + "\n")
-    write_json(output / "results.json", report)
-    (output / "results.md").write_text(markdown_report(report), encoding="utf-8")
-    write_plots(report, base.scheduler.alphas_cumprod, output)
-    per_prompt = settings["eval_images"]
-    grid = [base_images[0][::per_prompt]] + [runs[method, 0].images[::per_prompt] for method in methods]
-    image_grid(grid, row_labels=["base"] + methods).save(output / "samples.png")
+    report.update(held_out_prompts=len(captions), workers=workers, seconds=time.perf_counter() - start)
+    _write(output, report, runs, base_images, base.scheduler.alphas_cumprod)
     print("\n" + table(report))
     print(f"\nreports in {output}: results.md (with the paper's claims), results.json, samples.png, reward_curves.png, "
           "credit_profiles.png, corrections.png, segments.png; logs in train_log.jsonl and logs/")
     return report
 
 
+def _write(output: Path, report: dict, runs: dict, base_images: dict, alphas_cumprod) -> None:
+    """Every file of ``--output_dir``: logs, results.json/.md, plots and the sample grid (seed 0, one image per prompt)."""
+    from ..evaluation.reports import image_grid, write_json
+    from .plots import write_plots
+    from .report import markdown_report
+
+    with (output / "train_log.jsonl").open("w", encoding="utf-8") as log:
+        for (method, seed), run in sorted(runs.items()):
+            log.write(json.dumps({"method": method, "seed": seed, "log_history": run.log_history}) + "\n")
+    write_json(output / "results.json", report)
+    (output / "results.md").write_text(markdown_report(report), encoding="utf-8")
+    write_plots(report, alphas_cumprod, output)
+    per_prompt, methods = report["settings"]["eval_images"], report["methods"]
+    grid = [base_images[0][::per_prompt]] + [runs[method, 0].images[::per_prompt] for method in methods]
+    image_grid(grid, row_labels=["base"] + methods).save(output / "samples.png")
+
+
 def _report(settings, methods, runs, base_images, eval_captions, seeds, pairs, cached) -> dict:
+    """``results.json``'s content: each method's statistics against the base, curves, corrections and claims."""
     from ..evaluation.statistics import mean_std
     from .experiment import evaluate
-    from .report import diversity, summarise
+    from .report import claims, diversity, summarise
 
     all_captions = eval_captions * len(seeds)
     base_flat = [image for seed in seeds for image in base_images[seed]]
@@ -167,4 +175,7 @@ def _report(settings, methods, runs, base_images, eval_captions, seeds, pairs, c
             "base": {"preference": mean_std(base_scores["preference"]).to_dict(),
                      "fidelity": mean_std(base_scores["fidelity"]).to_dict(),
                      "diversity": diversity(base_flat, all_captions)},
-            "results": results, "reward_curves": curves, "corrections": corrections}
+            "results": results, "reward_curves": curves, "corrections": corrections,
+            "claims": claims({"base": base_scores["preference"],
+                              **{method: [v for seed in seeds for v in runs[method, seed].scores["preference"]]
+                                 for method in methods}})}
