@@ -281,6 +281,10 @@ class DDEConfig(TrainingArguments):
         self.column_map = parse_column_map(self.column_map)
         apply_column_map(self)
         super().__post_init__()
+        import torch
+
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            self.dataloader_pin_memory = False  # nothing to pin for; torch would warn on every dataloader
         self._check_preference_options()
         self._check_data_options()
         self._check_run_options()
