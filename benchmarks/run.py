@@ -247,6 +247,18 @@ def current_rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak_rss() -> None:
+    """Restart the process's RSS high-water mark (Linux ``clear_refs``), so the step's peak is not set-up's: a
+    model built in fp32 and cast to bf16 peaks while it is built."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def rss_since_reset_mib() -> float:
+    """The RSS high-water mark (``VmHWM``) since :func:`reset_peak_rss`, in MiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def _mib(tensors) -> float:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 2**20
 
@@ -254,7 +266,7 @@ def _mib(tensors) -> float:
 def memory_breakdown(trainer, baseline_mib: float, built_mib: float) -> dict:
     """Where the first strategy's peak host memory went: weights (every pipeline module still held, plus the
     reference copy), gradients (trainable parameters' size) and optimizer state (its real tensors) computed
-    from the tensors; baseline (interpreter + libraries), after set-up and peak RSS measured; the step's
+    from the tensors; baseline (interpreter + libraries), after set-up and peak RSS since set-up measured; the step's
     activations and temporaries are the rest: peak − after set-up − gradients − optimizer state."""
     modules = [m for m in trainer.family.pipeline.components.values() if isinstance(m, torch.nn.Module)]
     if trainer.ref_model is not None:
@@ -264,8 +276,7 @@ def memory_breakdown(trainer, baseline_mib: float, built_mib: float) -> dict:
     state = [v for entry in trainer.optimizer.state.values() for v in entry.values() if torch.is_tensor(v)]
     breakdown = {"weights_mib": _mib(parameters.values()), "gradients_mib": _mib(trainable),
                  "optimizer_state_mib": _mib(state), "trainable_parameters": sum(p.numel() for p in trainable),
-                 "baseline_rss_mib": baseline_mib, "after_setup_rss_mib": built_mib,
-                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                 "baseline_rss_mib": baseline_mib, "after_setup_rss_mib": built_mib, "peak_rss_mib": rss_since_reset_mib()}
     breakdown["activations_and_temporaries_mib"] = (breakdown["peak_rss_mib"] - built_mib - breakdown["gradients_mib"]
                                                     - breakdown["optimizer_state_mib"])
     return breakdown
@@ -286,6 +297,7 @@ def run_group(group: Group) -> dict:
             baseline = current_rss_mib()
             trainer = build_trainer(group, strategy, f"{work}/data", f"{work}/cache", timer)
             built = current_rss_mib()
+            reset_peak_rss()
             if group.precompute_ref and strategy not in result.setdefault("reference_pass_s", {}):
                 start = time.perf_counter()  # train() would run it first; timed here on its own (first round)
                 trainer.reference_cache = trainer._precompute_reference()
