@@ -235,7 +235,7 @@ def floor_times(trainer, repeats: int) -> list[float]:
 
 
 def peak_memory_mib() -> dict:
-    """Process peak RSS (MiB) and, on a GPU, the CUDA max allocated."""
+    """Peak RSS (MiB; since the reset after set-up) and, on a GPU, the CUDA max allocated."""
     memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if torch.cuda.is_available():
         memory["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
