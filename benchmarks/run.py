@@ -12,9 +12,11 @@ timed in the same process, so ``step/floor`` and the dde/uniform ratio are side-
 machine noise hits alike. Step times are medians after the warm-up steps. Random weights: only the cost
 is meaningful. Writes ``benchmarks.md`` and ``benchmarks.json`` to ``--out`` and prints the table.
 
-Sizes: ``tiny`` (the test pipeline), ``small`` (SD1.5's layout at reduced width) and ``sd15`` (the real
-SD1.5 UNet, VAE and CLIP ViT-L/14 text-encoder configurations, random weights, written here — no download;
-the text encoder's vocabulary is the byte-level test tokenizer's, which changes no compute).
+Sizes: ``tiny`` (the test pipeline), ``small`` (SD1.5's layout at reduced width), ``sd15`` (the real
+SD1.5 UNet, VAE and CLIP ViT-L/14 text-encoder configurations) and ``sdxl`` (SDXL base 1.0's UNet, VAE and
+both text encoders, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 with projection); random weights, written here — no
+download; the text encoders' vocabulary is the byte-level test tokenizer's, which changes no compute.
+``--bf16`` holds the frozen weights in bf16 (the trainer's ``bf16``; LoRA adapters stay fp32).
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # time this checkout's trl_dde, not an installed copy
 import trl_dde  # noqa: F401  first: its import filters third-party log noise
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, TrainerCallback
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, TrainerCallback
 
 #: Axes of the issue this script does not sweep, and why (printed with every report).
 NOT_SWEPT = {
-    "bf16 / fp16 mixed precision": "no GPU was lent; CPU autocast to bf16 is emulated and says nothing about GPU cost",
+    "bf16 / fp16 mixed precision": "not swept; --bf16 runs every group with bf16 frozen weights (for memory figures): "
+                                   "CPU bf16 kernels say nothing about GPU time",
     "torch.compile": "no GPU was lent; on this 2-core CPU a compile costs minutes per configuration",
     "attention backend (SDPA vs others)": "diffusers uses SDPA by default; the CPU has no flash/memory-efficient kernels to compare",
     "channels-last": "a GPU tensor-core layout; not measured without a GPU",
@@ -50,11 +53,15 @@ NOT_SWEPT = {
 }
 
 
+def _clip_config(tokenizer, hidden: int, layers: int, heads: int, intermediate: int, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, hidden_size=hidden, intermediate_size=intermediate,
+                          num_attention_heads=heads, num_hidden_layers=layers, vocab_size=len(tokenizer),
+                          max_position_embeddings=77, **extra)
+
+
 def _sd15_text_encoder(tokenizer, hidden: int, layers: int, heads: int, intermediate: int) -> CLIPTextModel:
-    return CLIPTextModel(CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                        pad_token_id=tokenizer.pad_token_id, hidden_size=hidden,
-                                        intermediate_size=intermediate, num_attention_heads=heads,
-                                        num_hidden_layers=layers, vocab_size=len(tokenizer), max_position_embeddings=77))
+    return CLIPTextModel(_clip_config(tokenizer, hidden, layers, heads, intermediate))
 
 
 def _pipeline(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer) -> StableDiffusionPipeline:
@@ -90,9 +97,43 @@ def sd15_pipeline() -> StableDiffusionPipeline:
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
-    vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512,
-                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
-    return _pipeline(unet, vae, _sd15_text_encoder(tokenizer, 768, 12, 12, 3072), tokenizer)
+    return _pipeline(unet, _sd_vae(512), _sd15_text_encoder(tokenizer, 768, 12, 12, 3072), tokenizer)
+
+
+def _sd_vae(sample_size: int, **extra) -> AutoencoderKL:
+    """The SD1.5/SDXL VAE layout: 128–512 channels, ×8 down-sampling, 4 latent channels."""
+    return AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+                         sample_size=sample_size, down_block_types=["DownEncoderBlock2D"] * 4,
+                         up_block_types=["UpDecoderBlock2D"] * 4, **extra)
+
+
+def sdxl_unet() -> UNet2DConditionModel:
+    """SDXL base 1.0's UNet (2.567B parameters): three levels (320, 640, 1280) with 1, 2 and 10 transformer
+    layers per block, 64-channel heads, 2048-wide cross-attention (both encoders' hidden states) and the
+    ``text_time`` added conditioning (1280 pooled + 6 × 256 micro-conditioning = 2816 inputs)."""
+    return UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816, norm_num_groups=32)
+
+
+def sdxl_pipeline() -> StableDiffusionXLPipeline:
+    """Stable Diffusion XL base 1.0's architecture with random weights: the UNet (:func:`sdxl_unet`), the VAE
+    (SD's layout, scaling factor 0.13025) and both text encoders — CLIP ViT-L/14 (768 wide, 12 layers) and
+    OpenCLIP ViT-bigG/14 (1280 wide, 32 layers, GELU, 1280-wide projection of the pooled output)."""
+    from trl_dde.tiny import _scheduler, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=_sd_vae(1024, scaling_factor=0.13025, force_upcast=True), unet=sdxl_unet(),
+        text_encoder=CLIPTextModel(_clip_config(tokenizer, 768, 12, 12, 3072, projection_dim=768)),
+        text_encoder_2=CLIPTextModelWithProjection(
+            _clip_config(tokenizer_2, 1280, 32, 20, 5120, projection_dim=1280, hidden_act="gelu")),
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=_scheduler("epsilon"), add_watermarker=False)
 
 
 def _tiny():
@@ -102,7 +143,7 @@ def _tiny():
 
 
 #: size → (pipeline builder, default resolution on this CPU)
-SIZES = {"tiny": (_tiny, 32), "small": (small_pipeline, 128), "sd15": (sd15_pipeline, 256)}
+SIZES = {"tiny": (_tiny, 32), "small": (small_pipeline, 128), "sd15": (sd15_pipeline, 256), "sdxl": (sdxl_pipeline, 256)}
 
 
 @dataclass
@@ -121,6 +162,7 @@ class Group:
     optim: str
     rounds: int
     precompute_ref: bool = False
+    bf16: bool = False
 
 
 class StepTimer(TrainerCallback):
@@ -156,7 +198,7 @@ def build_trainer(group: Group, strategy: str, data_folder: str, cache_dir: str,
                      resolution=group.resolution, precompute_latents=group.precompute, precompute_cache_dir=cache_dir,
                      gradient_checkpointing=group.gradient_checkpointing, optim=group.optim,
                      precompute_ref=group.precompute_ref, precompute_ref_cache_dir=f"{cache_dir}-reference",
-                     use_cpu=not torch.cuda.is_available(), seed=0)
+                     bf16=group.bf16, use_cpu=not torch.cuda.is_available(), seed=0)
     lora = LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
     return DDEDiffusionTrainer(SIZES[group.size][0](), args=args, train_dataset=load_from_disk(data_folder),
                                peft_config=lora if group.tuning == "lora" else None,
@@ -188,7 +230,7 @@ def floor_times(trainer, repeats: int) -> list[float]:
 
 
 def peak_memory_mib() -> dict:
-    """Process peak RSS (MiB) and, on a GPU, the CUDA max allocated."""
+    """Peak RSS (MiB; since the reset after set-up) and, on a GPU, the CUDA max allocated."""
     memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if torch.cuda.is_available():
         memory["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -200,6 +242,18 @@ def current_rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak_rss() -> None:
+    """Restart the process's RSS high-water mark (Linux ``clear_refs``), so the step's peak is not set-up's: a
+    model built in fp32 and cast to bf16 peaks while it is built."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def rss_since_reset_mib() -> float:
+    """The RSS high-water mark (``VmHWM``) since :func:`reset_peak_rss`, in MiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def _mib(tensors) -> float:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 2**20
 
@@ -207,7 +261,7 @@ def _mib(tensors) -> float:
 def memory_breakdown(trainer, baseline_mib: float, built_mib: float) -> dict:
     """Where the first strategy's peak host memory went: weights (every pipeline module still held, plus the
     reference copy), gradients (trainable parameters' size) and optimizer state (its real tensors) computed
-    from the tensors; baseline (interpreter + libraries), after set-up and peak RSS measured; the step's
+    from the tensors; baseline (interpreter + libraries), after set-up and peak RSS since set-up measured; the step's
     activations and temporaries are the rest: peak − after set-up − gradients − optimizer state."""
     modules = [m for m in trainer.family.pipeline.components.values() if isinstance(m, torch.nn.Module)]
     if trainer.ref_model is not None:
@@ -217,8 +271,7 @@ def memory_breakdown(trainer, baseline_mib: float, built_mib: float) -> dict:
     state = [v for entry in trainer.optimizer.state.values() for v in entry.values() if torch.is_tensor(v)]
     breakdown = {"weights_mib": _mib(parameters.values()), "gradients_mib": _mib(trainable),
                  "optimizer_state_mib": _mib(state), "trainable_parameters": sum(p.numel() for p in trainable),
-                 "baseline_rss_mib": baseline_mib, "after_setup_rss_mib": built_mib,
-                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                 "baseline_rss_mib": baseline_mib, "after_setup_rss_mib": built_mib, "peak_rss_mib": rss_since_reset_mib()}
     breakdown["activations_and_temporaries_mib"] = (breakdown["peak_rss_mib"] - built_mib - breakdown["gradients_mib"]
                                                     - breakdown["optimizer_state_mib"])
     return breakdown
@@ -239,6 +292,7 @@ def run_group(group: Group) -> dict:
             baseline = current_rss_mib()
             trainer = build_trainer(group, strategy, f"{work}/data", f"{work}/cache", timer)
             built = current_rss_mib()
+            reset_peak_rss()
             if group.precompute_ref and strategy not in result.setdefault("reference_pass_s", {}):
                 start = time.perf_counter()  # train() would run it first; timed here on its own (first round)
                 trainer.reference_cache = trainer._precompute_reference()
@@ -283,7 +337,7 @@ def markdown(report: dict) -> str:
             memory = f"{result['peak_rss_mib'] / 1024:.2f} GiB"
             if "cuda_max_allocated_mib" in result:
                 memory += f" (CUDA {result['cuda_max_allocated_mib'] / 1024:.2f} GiB)"
-            lines.append(f"| {group['size']} | {group['resolution']} | {group['tuning']} | "
+            lines.append(f"| {group['size']} | {group['resolution']} | {_tuning(group)} | "
                          f"{'cached' if group['precompute'] else 'encoded'} | {'on' if group['gradient_checkpointing'] else 'off'} | "
                          f"{group['optim']} | {strategy} | {_reference(group)} | {timing['median_step_s'] * 1000:.1f} ms | {timing['pairs_per_s']:.2f} | "
                          f"{result['floor_s'] * 1000:.1f} ms | {timing['step_over_floor']:.3f} | {ratio} | {memory} |")
@@ -291,7 +345,7 @@ def markdown(report: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in report["results"]:
         group, memory = result["group"], result["memory"]
-        lines.append(f"| {group['size']} | {group['resolution']} | {group['tuning']} | {'cached' if group['precompute'] else 'encoded'} | "
+        lines.append(f"| {group['size']} | {group['resolution']} | {_tuning(group)} | {'cached' if group['precompute'] else 'encoded'} | "
                      f"{'on' if group['gradient_checkpointing'] else 'off'} | {group['optim']} | {_reference(group)} | "
                      + " | ".join(f"{memory[key] / 1024:.2f} GiB" for key in (
                          "weights_mib", "gradients_mib", "optimizer_state_mib", "baseline_rss_mib", "after_setup_rss_mib",
@@ -309,6 +363,10 @@ def markdown(report: dict) -> str:
               "", "Not swept here:"]
     lines += [f"- {axis}: {why}" for axis, why in report["not_swept"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _tuning(group: dict) -> str:
+    return f"{group['tuning']} bf16" if group.get("bf16") else group["tuning"]
 
 
 def _reference(group: dict) -> str:
@@ -332,6 +390,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the strategies and the floor")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="frozen weights in bf16, bf16 autocast (LoRA stays fp32)")
     parser.add_argument("--optim", default="adamw_torch", help="any transformers optim, e.g. adamw_bnb_8bit, adafactor")
     parser.add_argument("--out", default="benchmark-results")
     parser.add_argument("--group", help=argparse.SUPPRESS)  # internal: run one group (JSON) and print its result
@@ -347,7 +406,7 @@ def main() -> None:
                      "(tunings: lora, full; precompute, precompute_ref: on, off)")
     groups = [Group(size, options.resolution or SIZES[size][1], tuning, precompute == "on", _csv(options.strategies),
                     options.batch_size, options.steps, options.warmup, options.gradient_checkpointing, options.optim,
-                    options.rounds, reference == "on")
+                    options.rounds, reference == "on", options.bf16)
               for size in _csv(options.sizes) for tuning in _csv(options.tunings) for precompute in _csv(options.precompute)
               for reference in _csv(options.precompute_ref)]
     results = []

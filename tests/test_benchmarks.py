@@ -47,3 +47,23 @@ def test_unknown_size_is_refused_before_any_work(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2 and "sdxxl" in done.stderr and "choose from" in done.stderr
     assert not (tmp_path / "benchmarks.json").exists()
+
+
+def test_sdxl_size_is_sdxl_base_architecture_built_on_meta():
+    """The ``sdxl`` size's configs, built on the meta device (no weights allocated): the UNet has SDXL base 1.0's
+    2,567,463,684 parameters and the VAE its 83,653,863; the cross-attention width is both encoders' hidden
+    sizes together and the added-conditioning input is the pooled projection plus 6 micro-conditioning embeddings."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import run
+
+    with torch.device("meta"):
+        pipeline = run.sdxl_pipeline()
+    unet, encoder, encoder_2 = pipeline.unet, pipeline.text_encoder, pipeline.text_encoder_2
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+    assert sum(p.numel() for p in pipeline.vae.parameters()) == 83_653_863
+    assert unet.config.cross_attention_dim == encoder.config.hidden_size + encoder_2.config.hidden_size == 2048
+    assert unet.config.projection_class_embeddings_input_dim == 6 * unet.config.addition_time_embed_dim + encoder_2.config.projection_dim
+    assert (encoder.config.num_hidden_layers, encoder_2.config.num_hidden_layers, encoder_2.config.hidden_act) == (12, 32, "gelu")
+    assert run.SIZES["sdxl"][0] is run.sdxl_pipeline
