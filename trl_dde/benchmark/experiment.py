@@ -13,11 +13,12 @@ pair that differs only by the model.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass, field
 
 from ..evaluation.callback import ValidationCallback
-from ..evaluation.generation import GenerationSettings, image_seed, render
+from ..evaluation.generation import GenerationSettings, render_batches
 from .preference import preference_label, preference_score
 from .world import Scene, fidelity
 
@@ -65,16 +66,10 @@ def method_config(method: str) -> dict:
 def sample(pipeline, captions: list[str], seed: int, images_per_caption: int = 1, progress: str | None = None) -> list:
     """``images_per_caption`` images per caption, prompt-major; image ``j`` of caption ``i`` from ``image_seed(seed, i, j)``;
     a progress bar over the batches when ``progress`` names it."""
-    from tqdm.auto import tqdm
-
     pipeline.unet.eval()
     pipeline.set_progress_bar_config(disable=True)
-    items = [(caption, image_seed(seed, i, j)) for i, caption in enumerate(captions) for j in range(images_per_caption)]
-    images = []
-    for start in tqdm(range(0, len(items), SAMPLING.batch_size), desc=progress, disable=progress is None):
-        chunk = items[start:start + SAMPLING.batch_size]
-        images += render(pipeline, [caption for caption, _ in chunk], [s for _, s in chunk], SAMPLING)
-    return images
+    settings = dataclasses.replace(SAMPLING, seed=seed, num_images_per_prompt=images_per_caption)
+    return [image for _, images in render_batches(pipeline, captions, settings, progress) for image in images]
 
 
 def _png(image) -> bytes:

@@ -37,17 +37,17 @@ def preference_label(image_0: Image.Image, image_1: Image.Image, caption: str) -
     difference = preference_score(image_0, caption) - preference_score(image_1, caption)
     return 0.5 if abs(difference) < TIE_MARGIN else float(difference > 0)
 
+def _per_image(score, name: str, description: str):
+    """A reward (``f(images, prompts) -> scores``) scoring each image with ``score(image, caption)``."""
+    def reward(images, prompts):
+        return [score(image, prompt) for image, prompt in zip(images, prompts)]
+    reward.name, reward.description = name, description
+    return reward
+
 @register_reward("benchmark-preference")
 def _preference_reward():
-    def reward(images, prompts):
-        return [preference_score(image, prompt) for image, prompt in zip(images, prompts)]
-    reward.name, reward.description = "preference", "world fidelity + 0.15 x clean background (0-1.15)"
-    return reward
+    return _per_image(preference_score, "preference", "world fidelity + 0.15 x clean background (0-1.15)")
 
 @register_reward("benchmark-fidelity")
 def _fidelity_reward():
-    def reward(images, prompts):
-        return [fidelity(image, prompt) for image, prompt in zip(images, prompts)]
-    reward.name, reward.description = "fidelity", "share of caption attributes the world's checker reads back (0-1)"
-    return reward
-
+    return _per_image(fidelity, "fidelity", "share of caption attributes the world's checker reads back (0-1)")

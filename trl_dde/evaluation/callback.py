@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .generation import image_seed
+from .generation import GenerationSettings, render_batches
 from .reports import image_grid
 
 __all__ = ["ValidationCallback"]
@@ -73,16 +73,12 @@ class ValidationCallback(TrainerCallback):
         self.prompts = list(prompts)
         self.output_dir = Path(output_dir)
         self.every_n_steps = every_n_steps
-        self.num_images_per_prompt = num_images_per_prompt
-        self.seed = seed
-        self.call_kwargs = {"guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps}
-        if resolution:
-            self.call_kwargs.update(height=resolution, width=resolution)
+        self.settings = GenerationSettings(num_images_per_prompt, seed, num_inference_steps, guidance_scale, resolution,
+                                           batch_size)
         self.scorer_spec = scorer
         self.scorer = None
         self.report_to = set(report_to or ())
         self.autocast_dtype = autocast_dtype
-        self.batch_size = batch_size
         self._tensorboard = None
 
     @classmethod
@@ -141,17 +137,11 @@ class ValidationCallback(TrainerCallback):
 
     def generate(self) -> list[list]:
         """``images[prompt][image]`` for the validation prompts and seeds, with the current weights, ``batch_size``
-        images per pipeline call (each from its own seeded generator, so batching does not change the noise)."""
+        images per pipeline call (``render_batches``: batching does not change an image's noise)."""
         self.pipeline.set_progress_bar_config(disable=True)
-        items = [(prompt, image_seed(self.seed, p, j)) for p, prompt in enumerate(self.prompts)
-                 for j in range(self.num_images_per_prompt)]
-        flat = []
         with self._generation_mode():
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start:start + self.batch_size]
-                flat += self.pipeline(prompt=[prompt for prompt, _ in chunk], output_type="pil", **self.call_kwargs,
-                                      generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in chunk]).images
-        count = self.num_images_per_prompt
+            flat = [image for _, images in render_batches(self.pipeline, self.prompts, self.settings) for image in images]
+        count = self.settings.num_images_per_prompt
         return [flat[p * count:(p + 1) * count] for p in range(len(self.prompts))]
 
     def validate(self, step: int) -> list[list]:

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 __all__ = ["BASE_LABEL", "GenerationSettings", "ModelSpec", "PairedImages", "generate_paired", "image_seed",
-           "model_variant", "parse_model_spec", "render"]
+           "model_variant", "parse_model_spec", "render", "render_batches"]
 
 BASE_LABEL = "base"
 MANIFEST = "generation.json"
@@ -157,6 +157,22 @@ def render(pipeline, prompts: Sequence[str], seeds: Sequence[int], settings: Gen
     ).images
 
 
+def render_batches(pipeline, prompts: Sequence[str], settings: GenerationSettings,
+                   progress: str | None = None) -> Iterator[tuple[list[tuple[int, int]], list]]:
+    """Every prompt's ``settings.num_images_per_prompt`` images, prompt-major, ``settings.batch_size`` per pipeline
+    call: yields ``([(prompt index, image index), ...], images)`` per call, image ``j`` of prompt ``i`` drawn from
+    ``image_seed(settings.seed, i, j)`` (so batching never changes an image's noise); a progress bar over the
+    calls when ``progress`` names it."""
+    from tqdm.auto import tqdm
+
+    items = [(p, j) for p in range(len(prompts)) for j in range(settings.num_images_per_prompt)]
+    starts = range(0, len(items), settings.batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
+        batch = items[start:start + settings.batch_size]
+        yield batch, render(pipeline, [prompts[p] for p, _ in batch],
+                            [image_seed(settings.seed, p, j) for p, j in batch], settings)
+
+
 @contextlib.contextmanager
 def model_variant(family, spec: ModelSpec | None) -> Iterator:
     """The base pipeline (``spec=None``), with a LoRA adapter loaded (removed again on exit), or with its denoiser
@@ -195,8 +211,6 @@ def generate_paired(
         settings: images per prompt, seed, steps, guidance, resolution, batch size (shared by all models).
         device / torch_dtype: where and in which dtype the pipeline runs (default: CUDA if available, as stored).
     """
-    from tqdm.auto import tqdm
-
     from .loading import default_device, quiet_libraries
 
     labels = [spec.label for spec in models]
@@ -223,14 +237,12 @@ def generate_paired(
         "models": {BASE_LABEL: {}, **{spec.label: spec.source for spec in models}},
     }
     images = PairedImages(output_dir, manifest)
-    batches = [images.items[start:start + settings.batch_size] for start in range(0, len(images.items), settings.batch_size)]
     for spec in [None, *models]:
         label = BASE_LABEL if spec is None else spec.label
         images.path(label, 0, 0).parent.mkdir(parents=True, exist_ok=True)
         with quiet_libraries(), model_variant(family, spec) as variant:
-            for batch in tqdm(batches, desc=f"generating {label}", unit="batch", disable=not progress):
-                output = render(variant, [prompts[p] for p, _, _ in batch], [seed for _, _, seed in batch], settings)
-                for (p, j, _), image in zip(batch, output):
+            for batch, output in render_batches(variant, prompts, settings, f"generating {label}" if progress else None):
+                for (p, j), image in zip(batch, output):
                     image.save(images.path(label, p, j))
     (Path(output_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return images
